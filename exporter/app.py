@@ -1,0 +1,52 @@
+"""Wire the pipeline together: state, scheduler, collector, registry, HTTP server.
+
+One `Exporter` serves every entry point that runs continuously (`serve`, `demo`, the tests); inventory
+sources (manifest files, the live watch) only call `state.adopt()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from .collector import WebhookCollector
+from .results import ResultStore
+from .scheduler import ProbeFn, ProbeScheduler, ProbeStats
+from .server import MetricsServer
+from .state import ExporterState
+
+
+class Exporter:
+    def __init__(
+        self,
+        *,
+        concurrency: int = 64,
+        interval: float = 30.0,
+        jitter: float = 0.1,
+        probe_fn: ProbeFn | None = None,
+        extra_metrics: Iterable[Callable[[], Iterable[Metric]]] = (),
+    ) -> None:
+        self.results = ResultStore()
+        self.stats = ProbeStats()
+        kwargs = {} if probe_fn is None else {"probe_fn": probe_fn}
+        self.scheduler = ProbeScheduler(results=self.results, stats=self.stats, concurrency=concurrency,
+                                        interval=interval, jitter=jitter, **kwargs)
+        self.state = ExporterState(scheduler=self.scheduler, results=self.results, stats=self.stats)
+        self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
+        self.registry.register(WebhookCollector(self.state, extra=extra_metrics))
+        self.sources_ready: Callable[[], bool] = lambda: True
+        self.server: MetricsServer | None = None
+
+    def ready(self) -> bool:
+        return self.sources_ready() and self.scheduler.first_round_done
+
+    async def serve(self, host: str = "", port: int = 0) -> int:
+        self.server = MetricsServer(self.registry, ready=self.ready, host=host, port=port)
+        return await self.server.start()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        await self.scheduler.close()

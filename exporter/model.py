@@ -1,0 +1,180 @@
+"""The data that flows through the pipeline: frozen dataclasses, no behaviour beyond small derived values.
+
+Everything here is parsed from Kubernetes objects by `exporter.parse`; every later stage (targets, prober,
+collector, audit) reads these and nothing else, so live discovery and manifest files feed the same engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# The apiserver labels its apiserver_admission_webhook_* series with these `type` values.
+WebhookType = Literal["validating", "admit"]
+VALIDATING: WebhookType = "validating"
+MUTATING: WebhookType = "admit"
+
+KIND_TO_TYPE: Mapping[str, WebhookType] = {
+    "ValidatingWebhookConfiguration": VALIDATING,
+    "MutatingWebhookConfiguration": MUTATING,
+}
+
+DEFAULT_TIMEOUT_SECONDS = 10  # admissionregistration.k8s.io/v1 default
+DEFAULT_SERVICE_PORT = 443
+
+
+@dataclass(frozen=True, order=True)
+class WebhookKey:
+    """Identity of one webhook: the labels every per-webhook series carries."""
+
+    configuration: str
+    name: str
+    type: WebhookType
+
+
+@dataclass(frozen=True)
+class ServiceReference:
+    namespace: str
+    name: str
+    port: int = DEFAULT_SERVICE_PORT
+    path: str | None = None
+
+    @property
+    def server_name(self) -> str:
+        """The name the apiserver puts in SNI and verifies the served certificate against."""
+        return f"{self.name}.{self.namespace}.svc"
+
+
+@dataclass(frozen=True)
+class Rule:
+    operations: tuple[str, ...]
+    api_groups: tuple[str, ...]
+    api_versions: tuple[str, ...]
+    resources: tuple[str, ...]
+    scope: str = "*"
+
+
+@dataclass(frozen=True)
+class MatchCondition:
+    name: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class LabelSelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A metav1.LabelSelector; the empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+
+@dataclass(frozen=True)
+class Webhook:
+    key: WebhookKey
+    failure_policy: str  # "Fail" | "Ignore"
+    side_effects: str  # "None" | "NoneOnDryRun" | "Some" | "Unknown" | "" (unset)
+    match_policy: str
+    timeout_seconds: int
+    admission_review_versions: tuple[str, ...]
+    service: ServiceReference | None
+    url: str | None
+    ca_bundle: str  # as written in the object: base64 of PEM (empty when unset)
+    rules: tuple[Rule, ...] = ()
+    namespace_selector: LabelSelector = field(default_factory=LabelSelector)
+    object_selector: LabelSelector = field(default_factory=LabelSelector)
+    match_conditions: tuple[MatchCondition, ...] = ()
+    reinvocation_policy: str = ""
+
+    @property
+    def backend(self) -> Literal["service", "url"]:
+        return "service" if self.service is not None else "url"
+
+    @property
+    def dry_run_safe(self) -> bool:
+        """Only these webhooks may receive a dryRun AdmissionReview from us (the apiserver's own rule)."""
+        return self.side_effects in ("None", "NoneOnDryRun")
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int | str | None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str
+    ports: tuple[ServicePort, ...]
+    cluster_ip: str = ""
+    external_name: str = ""
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str
+    port: int | None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool  # conditions.ready, with "unset" read as ready as the API documents
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    address_type: str
+    ports: tuple[EndpointPort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class InvalidObject:
+    """An object that could not be used, and why: reported as a log line and a metric, never a crash."""
+
+    source: str  # file path, or "api"
+    kind: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything the exporter knows about the cluster at one moment. Replaced whole, never mutated."""
+
+    webhooks: tuple[Webhook, ...] = ()
+    services: Mapping[tuple[str, str], Service] = field(default_factory=dict)
+    # EndpointSlices grouped by (namespace, kubernetes.io/service-name)
+    endpoint_slices: Mapping[tuple[str, str], tuple[EndpointSlice, ...]] = field(default_factory=dict)
+    namespaces: Mapping[str, Namespace] = field(default_factory=dict)
+    invalid: tuple[InvalidObject, ...] = ()
+    loaded_at: float = 0.0
+
+
+RawObject = Mapping[str, Any]

@@ -1,0 +1,334 @@
+"""One probe of one endpoint, the way the apiserver would call it.
+
+Connect, TLS handshake verified against the webhook's caBundle (OpenSSL builds the chain; the leaf's
+validity and the server name are judged in Go's order by `exporter.certs`), then, for side-effect-free
+webhooks only, a dry-run AdmissionReview POST on the same connection. The whole probe runs under one
+deadline, the webhook's `timeoutSeconds`, as the apiserver's call does. A probe returns a verdict and never
+raises: every failure is one `Reason`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import json
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from . import certs
+from .reasons import Reason
+from .targets import ReviewSpec, Target
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # an AdmissionReview response is a few KiB; anything near this is broken
+USER_AGENT = "admission-webhook-exporter"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    success: bool
+    reason: Reason | None
+    detail: str  # the error as an operator would read it; "" on success
+    duration_seconds: float
+    finished_at: float  # Unix time
+    cert_not_after: float | None = None
+    http_status: int | None = None
+
+
+class ProbeFailure(Exception):
+    """A verdict reached mid-probe; carries the served certificate's expiry when it was already read."""
+
+    def __init__(self, reason: Reason, detail: str, cert_not_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.cert_not_after = cert_not_after
+
+
+@functools.lru_cache(maxsize=4096)
+def verifying_context(ca_pem: bytes | None) -> ssl.SSLContext:
+    """A client context trusting exactly the caBundle (system roots when there is none), like the apiserver.
+
+    Cached per bundle: loading roots is the expensive part of a context, and bundles rarely change.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # judged by certs.hostname_failure, with Go's rules and wording
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    # Go treats every certificate in the roots pool as an anchor, intermediates included.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if ca_pem is None:
+        ctx.load_default_certs()
+    else:
+        ctx.load_verify_locations(cadata=ca_pem.decode("ascii", errors="replace"))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def inspecting_context() -> ssl.SSLContext:
+    """Accepts any chain: used only to read a certificate that failed verification, to report its expiry."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _classify_os_error(err: OSError, host: str, port: int) -> ProbeFailure:
+    dial = f"dial tcp {host}:{port}"
+    if isinstance(err, socket.gaierror):
+        return ProbeFailure(Reason.DNS, f"dial tcp: lookup {host}: {err.strerror or err}")
+    if isinstance(err, ConnectionRefusedError) or err.errno == errno.ECONNREFUSED:
+        return ProbeFailure(Reason.CONNECTION_REFUSED, f"{dial}: connect: connection refused")
+    if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+        return ProbeFailure(Reason.UNREACHABLE, f"{dial}: connect: {err.strerror}")
+    return ProbeFailure(Reason.CONNECTION_REFUSED if err.errno is None else Reason.UNREACHABLE,
+                        f"{dial}: connect: {err.strerror or err}")
+
+
+async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.open_connection(target.host, target.port, limit=MAX_HEADER_BYTES)
+    except OSError as err:
+        raise _classify_os_error(err, target.host, target.port) from err
+
+
+def _server_hostname(target: Target) -> str | None:
+    return target.server_name or None
+
+
+async def _read_leaf(target: Target) -> bytes | None:
+    """A second, non-verifying handshake to read the leaf that failed verification."""
+    _, writer = await _connect(target)
+    try:
+        await writer.start_tls(inspecting_context(), server_hostname=_server_hostname(target))
+        ssl_object = writer.get_extra_info("ssl_object")
+        return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    finally:
+        writer.transport.abort()
+
+
+def _judge_leaf(leaf_der: bytes | None, target: Target, now: float) -> tuple[float | None, ProbeFailure | None]:
+    """The served leaf's expiry, and the first failure Go would report for the leaf itself."""
+    if not leaf_der:
+        return None, None
+    try:
+        leaf = certs.load_der_certificate(leaf_der)
+    except certs.CertificateError as err:
+        return None, ProbeFailure(Reason.TLS_HANDSHAKE, str(err))
+    expiry = certs.not_after(leaf)
+    validity = certs.validity_failure(leaf, now)
+    if validity is not None:
+        relation = "after" if validity is Reason.X509_EXPIRED else "before"
+        bound = expiry if validity is Reason.X509_EXPIRED else leaf.not_valid_before_utc.timestamp()
+        return expiry, ProbeFailure(
+            validity,
+            f"x509: certificate has expired or is not yet valid: current time {certs.utc_text(now)} is "
+            f"{relation} {certs.utc_text(bound)}",
+        )
+    mismatch = certs.hostname_failure(leaf, target.server_name)
+    if mismatch is not None:
+        return expiry, ProbeFailure(Reason.X509_HOSTNAME_MISMATCH, mismatch)
+    return expiry, None
+
+
+async def _handshake(
+    target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[float | None, asyncio.StreamWriter]:
+    try:
+        await writer.start_tls(verifying_context(target.ca_pem), server_hostname=_server_hostname(target))
+    except ssl.SSLCertVerificationError as err:
+        writer.transport.abort()
+        chain_reason = certs.reason_for_openssl_code(err.verify_code)
+        try:
+            leaf = await _read_leaf(target)
+        except (OSError, ssl.SSLError, ProbeFailure):
+            leaf = None
+        expiry, leaf_failure = _judge_leaf(leaf, target, time.time())
+        if leaf_failure is not None:
+            leaf_failure.cert_not_after = expiry
+            raise leaf_failure from err
+        raise ProbeFailure(chain_reason, _chain_wording(chain_reason, err), expiry) from err
+    except ssl.SSLError as err:
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, f"remote error: tls: {err.reason or err}") from err
+    except (ConnectionError, asyncio.IncompleteReadError, EOFError) as err:
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, f"tls handshake: {type(err).__name__}: EOF") from err
+    ssl_object = writer.get_extra_info("ssl_object")
+    leaf = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    expiry, failure = _judge_leaf(leaf, target, time.time())
+    if failure is not None:
+        failure.cert_not_after = expiry
+        raise failure
+    return expiry, writer
+
+
+def _chain_wording(reason: Reason, err: ssl.SSLCertVerificationError) -> str:
+    if reason is Reason.X509_UNKNOWN_AUTHORITY:
+        return f"x509: certificate signed by unknown authority ({err.verify_message})"
+    if reason is Reason.X509_EXPIRED:
+        return f"x509: certificate has expired or is not yet valid: {err.verify_message} (in the chain)"
+    return f"x509: {err.verify_message}"
+
+
+_KINDS = {
+    "pods": "Pod", "configmaps": "ConfigMap", "secrets": "Secret", "services": "Service",
+    "namespaces": "Namespace", "deployments": "Deployment", "statefulsets": "StatefulSet",
+    "daemonsets": "DaemonSet", "replicasets": "ReplicaSet", "jobs": "Job", "cronjobs": "CronJob",
+    "ingresses": "Ingress", "nodes": "Node", "endpoints": "Endpoints", "endpointslices": "EndpointSlice",
+    "ipaddresses": "IPAddress", "servicecidrs": "ServiceCIDR", "leases": "Lease",
+    "serviceaccounts": "ServiceAccount", "persistentvolumeclaims": "PersistentVolumeClaim",
+}
+
+
+def _kind_for(resource: str) -> str:
+    if resource in _KINDS:
+        return _KINDS[resource]
+    singular = resource[:-1] if resource.endswith("s") else resource
+    return singular[:1].upper() + singular[1:]
+
+
+def admission_review(spec: ReviewSpec, uid: str) -> dict[str, Any]:
+    """A dry-run AdmissionReview for a throw-away object: nothing is stored, and side effects are off."""
+    kind = _kind_for(spec.resource)
+    api_version = f"{spec.group}/{spec.api_version}" if spec.group else spec.api_version
+    namespace = "default" if spec.namespaced else ""
+    metadata: dict[str, Any] = {"name": "admission-webhook-exporter-probe",
+                                "labels": {"app.kubernetes.io/name": "admission-webhook-exporter-probe"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    obj = {"apiVersion": api_version, "kind": kind, "metadata": metadata}
+    gvk = {"group": spec.group, "version": spec.api_version, "kind": kind}
+    gvr = {"group": spec.group, "version": spec.api_version, "resource": spec.resource}
+    request: dict[str, Any] = {
+        "uid": uid,
+        "kind": gvk,
+        "resource": gvr,
+        "requestKind": gvk,
+        "requestResource": gvr,
+        "name": metadata["name"],
+        "operation": spec.operation,
+        "userInfo": {"username": "system:serviceaccount:monitoring:admission-webhook-exporter",
+                     "groups": ["system:serviceaccounts", "system:authenticated"]},
+        "object": None if spec.operation == "DELETE" else obj,
+        "oldObject": obj if spec.operation in ("UPDATE", "DELETE") else None,
+        "dryRun": True,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": f"{spec.operation.title()}Options",
+                    "dryRun": ["All"]},
+    }
+    if spec.sub_resource:
+        request["subResource"] = spec.sub_resource
+        request["requestSubResource"] = spec.sub_resource
+    if namespace:
+        request["namespace"] = namespace
+    return {"apiVersion": f"admission.k8s.io/{spec.version}", "kind": "AdmissionReview", "request": request}
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                return bytes(body)
+            if len(body) + size > MAX_BODY_BYTES:
+                raise ProbeFailure(Reason.HTTP_ERROR, f"response body larger than {MAX_BODY_BYTES} bytes")
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        if length > MAX_BODY_BYTES:
+            raise ProbeFailure(Reason.HTTP_ERROR, f"response body of {length} bytes, larger than {MAX_BODY_BYTES}")
+        return await reader.readexactly(length)
+    data = await reader.read(MAX_BODY_BYTES + 1)
+    while data and len(data) <= MAX_BODY_BYTES:
+        more = await reader.read(MAX_BODY_BYTES + 1 - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) > MAX_BODY_BYTES:
+        raise ProbeFailure(Reason.HTTP_ERROR, f"response body larger than {MAX_BODY_BYTES} bytes")
+    return data
+
+
+async def _post_review(
+    target: Target, spec: ReviewSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> int:
+    uid = str(uuid.uuid4())
+    body = json.dumps(admission_review(spec, uid), separators=(",", ":")).encode()
+    host = target.server_name if target.port == 443 else f"{target.server_name}:{target.port}"
+    head = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    try:
+        raw_head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as err:
+        raise ProbeFailure(Reason.HTTP_ERROR, f"response headers larger than {MAX_HEADER_BYTES} bytes") from err
+    lines = raw_head.decode("latin-1").split("\r\n")
+    status_parts = lines[0].split(" ", 2)
+    if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/") or not status_parts[1].isdigit():
+        raise ProbeFailure(Reason.HTTP_ERROR, f"malformed HTTP response: {lines[0][:80]!r}")
+    status = int(status_parts[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    payload = await _read_body(reader, headers)
+    if not 200 <= status < 300:
+        snippet = payload[:200].decode("utf-8", errors="replace")
+        raise ProbeFailure(Reason.HTTP_ERROR, f"the server responded with status {status}: {snippet}")
+    try:
+        review = json.loads(payload)
+    except ValueError as err:
+        raise ProbeFailure(Reason.HTTP_ERROR, f"response is not JSON: {err}") from err
+    response = review.get("response") if isinstance(review, dict) else None
+    if not isinstance(review, dict) or review.get("kind") != "AdmissionReview" or not isinstance(response, dict):
+        raise ProbeFailure(Reason.HTTP_ERROR, "response is not an AdmissionReview")
+    if response.get("uid") != uid:
+        raise ProbeFailure(Reason.HTTP_ERROR, f"expected response.uid={uid!r}, got {response.get('uid')!r}")
+    return status
+
+
+async def probe(target: Target) -> ProbeResult:
+    """Probe one endpoint under its deadline; never raises (cancellation aside)."""
+    started = time.monotonic()
+    expiry: float | None = None
+    status: int | None = None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(target.timeout_seconds):
+            reader, writer = await _connect(target)
+            expiry, writer = await _handshake(target, reader, writer)
+            if target.review is not None:
+                status = await _post_review(target, target.review, reader, writer)
+    except ProbeFailure as failure:
+        return _result(False, failure.reason, failure.detail, started, failure.cert_not_after or expiry, status)
+    except TimeoutError:
+        return _result(False, Reason.TIMEOUT,
+                       f"context deadline exceeded (no answer within {target.timeout_seconds:g}s)",
+                       started, expiry, status)
+    except (asyncio.IncompleteReadError, ConnectionError, EOFError) as err:
+        return _result(False, Reason.HTTP_ERROR, f"connection closed before a full response: {err}",
+                       started, expiry, status)
+    except (OSError, ssl.SSLError, ValueError, UnicodeError) as err:
+        return _result(False, Reason.HTTP_ERROR, f"{type(err).__name__}: {err}", started, expiry, status)
+    finally:
+        if writer is not None:
+            writer.transport.abort()  # no TLS close_notify dance: a hung peer must not outlive the deadline
+    return _result(True, None, "", started, expiry, status)
+
+
+def _result(success: bool, reason: Reason | None, detail: str, started: float, expiry: float | None,
+            status: int | None) -> ProbeResult:
+    return ProbeResult(success=success, reason=reason, detail=detail,
+                       duration_seconds=time.monotonic() - started, finished_at=time.time(),
+                       cert_not_after=expiry, http_status=status)

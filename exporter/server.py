@@ -1,0 +1,78 @@
+"""The HTTP face: /metrics, /healthz, /readyz. Starts, stops, and tells its bound port (tests use port 0).
+
+A scrape renders the registry on a worker thread: formatting 100k series takes long enough that doing it
+on the event loop would delay probes; the collector reads only memory, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
+<h1>admission-webhook-exporter</h1>
+<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+</body></html>"""
+
+
+class MetricsServer:
+    def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool], host: str = "", port: int = 0):
+        self._registry = registry
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/", self._landing)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self._registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="first probe round not finished\n")
+
+    async def _landing(self, _: web.Request) -> web.Response:
+        return web.Response(text=LANDING, content_type="text/html")
+
+    async def start(self) -> int:
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host or None, self._port, shutdown_timeout=2)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound sockets only here
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`host:port`, `:port` or `[v6]:port` to (host, port); host "" means every interface."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen-address {value!r}: expected [host]:port")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from exporter.backend import HEALTHY, Behaviour, WebhookBackend
+from exporter.pki import CertificateAuthority, ServingCertificate
+from tests.servers import Handler, RawServer
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    """One CA per test module: the caBundle every well-behaved backend chains to."""
+    return CertificateAuthority.create("tests CA")
+
+
+@pytest.fixture(scope="module")
+def loopback_cert(ca: CertificateAuthority) -> ServingCertificate:
+    return ca.issue(["127.0.0.1", "localhost"])
+
+
+class Servers:
+    """Starts real servers for one test and stops every one of them at teardown."""
+
+    def __init__(self) -> None:
+        self._stoppers: list[WebhookBackend | RawServer] = []
+
+    async def backend(self, serving: ServingCertificate, behaviour: Behaviour = HEALTHY) -> WebhookBackend:
+        b = await WebhookBackend(serving, behaviour=behaviour).start()
+        self._stoppers.append(b)
+        return b
+
+    async def raw(self, handler: Handler, serving: ServingCertificate | None = None) -> RawServer:
+        s = await RawServer(handler, serving=serving).start()
+        self._stoppers.append(s)
+        return s
+
+    async def close(self) -> None:
+        for s in self._stoppers:
+            await s.stop()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    s = Servers()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """A test that leaves a task running fails. Added to every async test by the hook below."""
+    yield
+    await asyncio.sleep(0)  # let just-cancelled tasks finish
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not pending, f"tasks left running: {pending}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and asyncio.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "no_leftover_tasks")
