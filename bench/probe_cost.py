@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.scheduler import probe_once
@@ -35,7 +36,23 @@ def inventory_for(ports: list[int], ca_bundle: str) -> list[SourcedObject]:
     return [SourcedObject("bench", config)]
 
 
-async def measure(count: int, key: str, rounds: int, concurrency: int) -> dict[str, float]:
+async def probe_rounds(spec: dict[str, Any], rounds: int, concurrency: int) -> dict[str, float]:
+    count = len(spec["ports"])
+    plans = plan(build_inventory(inventory_for(spec["ports"], spec["ca_bundle"])))
+    await probe_once(plans, concurrency=concurrency)  # warm-up: contexts cached, code paths hot
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    failures = 0
+    for _ in range(rounds):
+        results = await probe_once(plans, concurrency=concurrency)
+        failures += sum(not r.success for r in results.values())
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    probes = count * rounds
+    return {"endpoints": count, "probes": probes, "failures": failures, "probes_per_s": probes / wall,
+            "cpu_ms_per_probe": cpu / probes * 1000,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(count: int, key: str, rounds: int, concurrency: int) -> dict[str, float]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, concurrency * 4 + 256)), hard))
     proc = subprocess.Popen([sys.executable, "-m", "bench.backends", "--count", str(count), "--key", key],
@@ -43,18 +60,7 @@ async def measure(count: int, key: str, rounds: int, concurrency: int) -> dict[s
     try:
         assert proc.stdout is not None
         spec = json.loads(proc.stdout.readline())
-        plans = plan(build_inventory(inventory_for(spec["ports"], spec["ca_bundle"])))
-        await probe_once(plans, concurrency=concurrency)  # warm-up: contexts cached, code paths hot
-        cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        failures = 0
-        for _ in range(rounds):
-            results = await probe_once(plans, concurrency=concurrency)
-            failures += sum(not r.success for r in results.values())
-        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
-        probes = count * rounds
-        return {"endpoints": count, "probes": probes, "failures": failures, "probes_per_s": probes / wall,
-                "cpu_ms_per_probe": cpu / probes * 1000,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return asyncio.run(probe_rounds(spec, rounds, concurrency))
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -71,7 +77,7 @@ def main() -> None:
     print(f"{'endpoints':>9} {'key':>5} {'probes':>7} {'failed':>6} {'probes/s':>9} {'CPU ms/probe':>13} "
           f"{'peak RSS MiB':>12}")
     for count in (int(c) for c in args.counts.split(",")):
-        r = asyncio.run(measure(count, args.key, args.rounds, args.concurrency))
+        r = measure(count, args.key, args.rounds, args.concurrency)
         print(f"{count:>9} {args.key:>5} {r['probes']:>7.0f} {r['failures']:>6.0f} {r['probes_per_s']:>9.0f} "
               f"{r['cpu_ms_per_probe']:>13.3f} {r['peak_rss_mib']:>12.1f}")
 

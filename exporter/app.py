@@ -6,12 +6,13 @@ sources (manifest files, the live watch) only call `state.adopt()`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from .collector import WebhookCollector
+from .discovery import Discovery
 from .results import ResultStore
 from .scheduler import ProbeFn, ProbeScheduler, ProbeStats
 from .server import MetricsServer
@@ -35,9 +36,17 @@ class Exporter:
                                         interval=interval, jitter=jitter, **kwargs)
         self.state = ExporterState(scheduler=self.scheduler, results=self.results, stats=self.stats)
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
-        self.registry.register(WebhookCollector(self.state, extra=extra_metrics))
+        self.collector = WebhookCollector(self.state, extra=extra_metrics)
+        self.registry.register(self.collector)
         self.sources_ready: Callable[[], bool] = lambda: True
         self.server: MetricsServer | None = None
+        self.on_close: list[Callable[[], Awaitable[None]]] = []  # sources to stop, before the scheduler
+
+    def attach(self, discovery: Discovery) -> None:
+        """Make a live discovery this exporter's source: its readiness, its metrics, its shutdown."""
+        self.sources_ready = lambda: discovery.synced
+        self.collector.add_source(discovery.metrics)
+        self.on_close.append(discovery.close)
 
     def ready(self) -> bool:
         return self.sources_ready() and self.scheduler.first_round_done
@@ -49,4 +58,6 @@ class Exporter:
     async def close(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        for close in self.on_close:
+            await close()
         await self.scheduler.close()

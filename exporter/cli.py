@@ -19,7 +19,9 @@ from typing import NoReturn
 
 from . import __version__
 from .app import Exporter
+from .discovery import Discovery
 from .inventory import build_inventory
+from .kubeapi import KubeApi, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
@@ -69,20 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
 
-    def manifests(p: argparse.ArgumentParser, required: bool) -> None:
-        p.add_argument("--manifests", action="append", default=[], metavar="PATH", required=required,
-                       help="a file or folder of .yaml/.yml/.json webhook configurations, Services and "
-                            "EndpointSlices (repeatable)")
+    def sources(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--manifests", action="append", default=[], metavar="PATH",
+                       help="read webhook configurations, Services and EndpointSlices from a .yaml/.yml/.json file "
+                            "or folder (repeatable) instead of watching the cluster")
+        p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else "
+                                            "$KUBECONFIG or ~/.kube/config, as kubectl)")
+        p.add_argument("--context", help="kubeconfig context (default: the current context)")
 
     serve = sub.add_parser("serve", help="run the exporter")
-    manifests(serve, required=True)
+    sources(serve)
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=_positive_float, default=30.0, help="seconds between probes (30)")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
                                          "is unhealthy")
-    manifests(check, required=True)
+    sources(check)
     check.add_argument("--output", choices=["table", "json"], default="table")
     common(check)
 
@@ -111,8 +116,26 @@ def _report_invalid(inventory: Inventory) -> None:
               file=sys.stderr)
 
 
+def _discovery(args: argparse.Namespace, adopt: Callable[[Inventory], None]) -> Discovery:
+    return Discovery(KubeApi(load_credentials(args.kubeconfig, args.context)), adopt)
+
+
+async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
+    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced)."""
+    discovery = _discovery(args, lambda _: None)
+    try:
+        await discovery.start()
+        await asyncio.wait_for(discovery.wait_synced(), limit)
+        return discovery.inventory
+    except TimeoutError as err:
+        raise UsageError(f"could not list webhook configurations within {limit:g}s: "
+                         f"{discovery.last_error or 'no answer from the API'}") from err
+    finally:
+        await discovery.close()
+
+
 async def run_check(args: argparse.Namespace) -> int:
-    inventory = load_inventory(args.manifests)
+    inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     plans = plan(inventory)
     results = await probe_once(plans, concurrency=args.probe_concurrency)
@@ -148,11 +171,18 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
 
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen_address(args.listen_address)
-    inventory = load_inventory(args.manifests)
+    if args.manifests:
+        inventory = load_inventory(args.manifests)
+        exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
+        exporter.state.adopt(inventory)
+        event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
+              invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
+        return await _serve_until_stopped(exporter, host, port)
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-    exporter.state.adopt(inventory)
-    event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks), invalid=len(inventory.invalid),
-          targets=len(exporter.scheduler.targets))
+    discovery = _discovery(args, exporter.state.adopt)
+    exporter.attach(discovery)
+    await discovery.start()
+    event(log, logging.INFO, "discovery_started", server=discovery.api.server)
     return await _serve_until_stopped(exporter, host, port)
 
 
@@ -184,6 +214,8 @@ async def run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "manifests", None) and (args.kubeconfig or args.context):
+            raise UsageError("--manifests and --kubeconfig/--context are alternatives: pick one source")
         configure(args.log_level, args.log_format)
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo}[args.command]
         return asyncio.run(runner(args))

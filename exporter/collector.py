@@ -43,6 +43,10 @@ class WebhookCollector(Collector):
         self._state = state
         self._extra = list(extra)
 
+    def add_source(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """More families from another part of the exporter (e.g. discovery's watch health)."""
+        self._extra.append(source)
+
     def collect(self) -> Iterator[Metric]:
         yield from self._webhook_families()
         yield from self._probe_families()

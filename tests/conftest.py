@@ -7,6 +7,7 @@ import pytest
 
 from exporter.backend import HEALTHY, Behaviour, WebhookBackend
 from exporter.pki import CertificateAuthority, ServingCertificate
+from tests.controlplane.fixtures import *  # noqa: F403  (control_plane, kube_api, netns_host, ...)
 from tests.servers import Handler, RawServer
 
 

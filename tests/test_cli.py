@@ -80,7 +80,9 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:  # ty
     cases = [
         (["serve", "--manifests", str(tmp_path), "--probe-interval", "0"],
          "argument --probe-interval: must be > 0, got 0"),
-        (["check"], "the following arguments are required: --manifests"),
+        (["check", "--kubeconfig", str(tmp_path / "none")], "cannot load Kubernetes credentials: "),
+        (["check", "--manifests", str(tmp_path), "--context", "prod"],
+         "--manifests and --kubeconfig/--context are alternatives: pick one source"),
         (["check", "--manifests", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such file or directory"),
         (["serve", "--manifests", str(tmp_path), "--listen-address", "nonsense"],
          "--listen-address 'nonsense': expected [host]:port"),

@@ -1,0 +1,289 @@
+"""Follow every webhook in a live cluster: list once, then watch, and feed the same inventory as manifests.
+
+Watched: both webhook configuration kinds cluster-wide; and, only for the namespaces that hold a webhook's
+backend Service, that namespace's Services and the EndpointSlices of the referenced Services (label
+selector `kubernetes.io/service-name in (...)`). Those backend watches are added, narrowed and dropped as
+webhooks come and go. Each watch resumes from its last resourceVersion (bookmarks keep it fresh) and lists
+again only after `410 Gone`; errors back off. Changes reach the inventory after a short debounce, so a burst
+of events costs one rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .inventory import SourcedObject, build_inventory
+from .kubeapi import (
+    ENDPOINT_SLICES,
+    MUTATING_CONFIGS,
+    SERVICES,
+    VALIDATING_CONFIGS,
+    ApiError,
+    Gone,
+    KubeApi,
+    Resource,
+    sleep_backoff,
+)
+from .log import event
+from .model import Inventory
+from .parse import SERVICE_NAME_LABEL
+
+log = logging.getLogger("exporter.discovery")
+
+ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+DEBOUNCE_SECONDS = 0.05
+
+
+def _key(obj: Mapping[str, Any]) -> ObjectKey:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+@dataclass
+class WatchHealth:
+    """Per-resource watch health for the self-metrics; several namespaced watches share one resource."""
+
+    up: dict[str, bool] = field(default_factory=dict)  # per watch id
+    restarts: dict[str, int] = field(default_factory=dict)  # per resource
+    last_event: dict[str, float] = field(default_factory=dict)  # per resource
+    last_error: str = ""
+
+
+class Watch:
+    """One list+watch loop for one resource (optionally one namespace and label selector)."""
+
+    def __init__(self, api: KubeApi, resource: Resource, *, health: WatchHealth,
+                 on_reset: Callable[[list[dict[str, Any]]], None],
+                 on_event: Callable[[str, Mapping[str, Any]], None],
+                 namespace: str | None = None, label_selector: str | None = None,
+                 server_timeout: int = 290, idle_timeout: float = 330) -> None:
+        self.api = api
+        self.resource = resource
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.health = health
+        self.on_reset = on_reset
+        self.on_event = on_event
+        self.server_timeout = server_timeout
+        self.idle_timeout = idle_timeout
+        self.id = f"{resource.plural}/{namespace or '*'}"
+        self.synced = asyncio.Event()
+
+    def _set_up(self, up: bool) -> None:
+        self.health.up[self.id] = up
+
+    def _restarted(self, why: str, level: int = logging.WARNING) -> None:
+        plural = self.resource.plural
+        self.health.last_error = f"{plural}: {why}"
+        self.health.restarts[plural] = self.health.restarts.get(plural, 0) + 1
+        event(log, level, "watch_restart", resource=plural, namespace=self.namespace or "", why=why)
+
+    async def run(self) -> None:
+        version: str | None = None
+        failures = 0
+        try:
+            while True:
+                try:
+                    if version is None:
+                        items, version = await self.api.list(self.resource, namespace=self.namespace,
+                                                             label_selector=self.label_selector)
+                        self.on_reset(items)
+                        self.synced.set()
+                    self._set_up(True)
+                    async for kind, obj in self.api.watch(
+                            self.resource, resource_version=version, namespace=self.namespace,
+                            label_selector=self.label_selector, server_timeout=self.server_timeout,
+                            idle_timeout=self.idle_timeout):
+                        failures = 0
+                        self.health.last_event[self.resource.plural] = time.time()
+                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                        if kind != "BOOKMARK":
+                            self.on_event(kind, obj)
+                    # The server ended the watch at its timeout: resume from where we are, no list.
+                except Gone:
+                    version = None
+                    self._restarted("410 Gone: resourceVersion compacted; listing again", logging.INFO)
+                except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+                    self._set_up(False)
+                    failures += 1
+                    self._restarted(f"{type(err).__name__}: {err}")
+                    await sleep_backoff(failures)
+        finally:
+            self.health.up.pop(self.id, None)
+
+
+@dataclass
+class _BackendWatches:
+    names: frozenset[str]
+    tasks: list[asyncio.Task[None]]
+    watches: list[Watch]
+
+
+class Discovery:
+    """Keeps the in-memory objects, the watches that feed them, and hands inventories to `adopt`."""
+
+    def __init__(self, api: KubeApi, adopt: Callable[[Inventory], None], *, server_timeout: int = 290,
+                 idle_timeout: float = 330) -> None:
+        self.api = api
+        self._adopt = adopt
+        self._server_timeout = server_timeout
+        self._idle_timeout = idle_timeout
+        self.health = WatchHealth()
+        self._objects: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {
+            r.plural: {} for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, SERVICES, ENDPOINT_SLICES)}
+        self._config_watches: list[Watch] = []
+        self._backends: dict[str, _BackendWatches] = {}
+        self._dirty = asyncio.Event()
+        self._synced_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.inventory = Inventory()
+
+    # -- objects -----------------------------------------------------------------------------------------
+    def _reset(self, plural: str, namespace: str | None) -> Callable[[list[dict[str, Any]]], None]:
+        def reset(items: list[dict[str, Any]]) -> None:
+            store = self._objects[plural]
+            for key in [k for k in store if namespace is None or k[0] == namespace]:
+                del store[key]
+            for item in items:
+                store[_key(item)] = item
+            self._dirty.set()
+        return reset
+
+    def _apply(self, plural: str) -> Callable[[str, Mapping[str, Any]], None]:
+        def apply(kind: str, obj: Mapping[str, Any]) -> None:
+            store = self._objects[plural]
+            if kind == "DELETED":
+                store.pop(_key(obj), None)
+            else:
+                store[_key(obj)] = obj
+            self._dirty.set()
+        return apply
+
+    def _watch(self, resource: Resource, namespace: str | None = None, selector: str | None = None) -> Watch:
+        return Watch(self.api, resource, health=self.health, on_reset=self._reset(resource.plural, namespace),
+                     on_event=self._apply(resource.plural), namespace=namespace, label_selector=selector,
+                     server_timeout=self._server_timeout, idle_timeout=self._idle_timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._config_watches = [self._watch(VALIDATING_CONFIGS), self._watch(MUTATING_CONFIGS)]
+        self._tasks = [asyncio.create_task(w.run(), name=f"watch {w.id}") for w in self._config_watches]
+        self._tasks.append(asyncio.create_task(self._rebuild_loop(), name="discovery rebuild"))
+
+    @property
+    def last_error(self) -> str:
+        return self.health.last_error
+
+    @property
+    def synced(self) -> bool:
+        """Every watch has listed once: the inventory reflects the cluster (until then /readyz says no)."""
+        watches = [*self._config_watches, *(w for b in self._backends.values() for w in b.watches)]
+        return bool(watches) and all(w.synced.is_set() for w in watches) and not self._dirty.is_set()
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *(t for b in self._backends.values() for t in b.tasks)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._backends.clear()
+        await self.api.close()
+
+    # -- rebuild -----------------------------------------------------------------------------------------
+    async def _rebuild_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._dirty.clear()
+            try:
+                self.rebuild()
+            except Exception:  # a bug here must not stop discovery; the last inventory stays in force
+                log.exception("rebuild_failed")
+
+    def _objects_for_inventory(self) -> Iterator[SourcedObject]:
+        referenced = self._referenced()
+        for plural, store in self._objects.items():
+            for (namespace, name), obj in store.items():
+                if plural == "services" and name not in referenced.get(namespace, ()):
+                    continue  # the namespace watch sees every Service; keep only webhook backends
+                yield SourcedObject("api", obj)
+
+    def _referenced(self) -> dict[str, frozenset[str]]:
+        refs: dict[str, set[str]] = {}
+        for hook in self.inventory.webhooks:
+            if hook.service is not None:
+                refs.setdefault(hook.service.namespace, set()).add(hook.service.name)
+        return {ns: frozenset(names) for ns, names in refs.items()}
+
+    def rebuild(self) -> None:
+        configs = [SourcedObject("api", o) for p in (VALIDATING_CONFIGS, MUTATING_CONFIGS)
+                   for o in self._objects[p.plural].values()]
+        # First the webhooks alone, to know which backends to follow; then everything.
+        self.inventory = build_inventory(configs)
+        self._reconcile_backends(self._referenced())
+        self.inventory = build_inventory(self._objects_for_inventory())
+        self._adopt(self.inventory)
+        if self.synced:
+            self._synced_event.set()
+
+    async def wait_synced(self) -> None:
+        await self._synced_event.wait()
+
+    def _reconcile_backends(self, wanted: Mapping[str, frozenset[str]]) -> None:
+        for namespace in [ns for ns in self._backends if ns not in wanted]:
+            self._stop_backend(namespace)
+            for plural in (SERVICES.plural, ENDPOINT_SLICES.plural):
+                store = self._objects[plural]
+                for key in [k for k in store if k[0] == namespace]:
+                    del store[key]
+        for namespace, names in wanted.items():
+            current = self._backends.get(namespace)
+            if current is not None and current.names == names:
+                continue
+            if current is not None:
+                self._stop_backend(namespace)
+            selector = f"{SERVICE_NAME_LABEL} in ({','.join(sorted(names))})"
+            watches = [self._watch(SERVICES, namespace), self._watch(ENDPOINT_SLICES, namespace, selector)]
+            tasks = [asyncio.create_task(w.run(), name=f"watch {w.id}") for w in watches]
+            self._backends[namespace] = _BackendWatches(names=names, tasks=tasks, watches=watches)
+            event(log, logging.DEBUG, "backend_watch", namespace=namespace, services=",".join(sorted(names)))
+
+    def _stop_backend(self, namespace: str) -> None:
+        backend = self._backends.pop(namespace)
+        for task in backend.tasks:
+            task.cancel()  # run()'s finally drops its health entry
+
+    # -- metrics -----------------------------------------------------------------------------------------
+    def metrics(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("admission_webhook_exporter_watch_up",
+                               "1 while every watch of the resource is established, 0 while one is failing.",
+                               labels=["resource"])
+        per_resource: dict[str, bool] = {}
+        for watch_id, ok in list(self.health.up.items()):
+            plural = watch_id.split("/", 1)[0]
+            per_resource[plural] = per_resource.get(plural, True) and ok
+        for plural, ok in sorted(per_resource.items()):
+            up.add_metric([plural], 1 if ok else 0)
+        restarts = CounterMetricFamily("admission_webhook_exporter_watch_restarts",
+                                       "Watches restarted after an error, a dead connection or 410 Gone.",
+                                       labels=["resource"])
+        last = GaugeMetricFamily("admission_webhook_exporter_watch_last_event_timestamp_seconds",
+                                 "When the resource's watches last delivered an event or bookmark.",
+                                 labels=["resource"])
+        for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, SERVICES, ENDPOINT_SLICES):
+            restarts.add_metric([r.plural], self.health.restarts.get(r.plural, 0))
+            if r.plural in self.health.last_event:
+                last.add_metric([r.plural], self.health.last_event[r.plural])
+        requests = CounterMetricFamily("admission_webhook_exporter_api_requests",
+                                       "Requests the exporter made to the Kubernetes API, by verb and resource.",
+                                       labels=["verb", "resource"])
+        for (verb, plural), count in sorted(self.api.requests.items()):
+            requests.add_metric([verb, plural], count)
+        return [up, restarts, last, requests]

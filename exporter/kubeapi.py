@@ -1,0 +1,200 @@
+"""Just enough of the Kubernetes API for list + watch, over aiohttp.
+
+Credentials are resolved by the official `kubernetes` client exactly as kubectl resolves them (in-cluster
+service account, else `--kubeconfig` / `$KUBECONFIG` / ~/.kube/config with `--context`, exec plugins and
+token refresh included); the requests themselves are made here, asynchronously, so hundreds of watches cost
+no threads and the event loop never blocks on the API. Every request is counted by verb and resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+LIST_PAGE_SIZE = 500  # what kubectl uses: bounded memory per page on both sides
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Gone(ApiError):
+    """410: the resourceVersion we resume from was compacted away; a fresh list is needed."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+
+    def path(self, namespace: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
+
+
+VALIDATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                              "ValidatingWebhookConfiguration")
+MUTATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                            "MutatingWebhookConfiguration")
+SERVICES = Resource("", "v1", "services", "Service")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    ssl_context: ssl.SSLContext | bool
+    token: Callable[[], str | None]  # re-read per request: exec plugins and projected tokens rotate
+
+
+def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+    """In-cluster when running in a pod and nothing else was asked for, else kubeconfig as kubectl reads it."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and kubeconfig is None and context is None \
+        and "KUBECONFIG" not in os.environ
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]  # untyped lib
+        else:
+            config.load_kube_config(  # type: ignore[no-untyped-call]  # the kubernetes client is untyped
+                config_file=kubeconfig, context=context, client_configuration=cfg)
+    except (config.ConfigException, OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot load Kubernetes credentials: {err}") from err
+    ctx: ssl.SSLContext | bool
+    if cfg.verify_ssl:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+        if getattr(cfg, "tls_server_name", None):
+            ctx.check_hostname = True
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    else:
+        ctx = False
+
+    def token() -> str | None:
+        # "BearerToken" in current clients, "authorization" in older ones; the value carries its "Bearer " prefix.
+        value: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        return value
+
+    return Credentials(server=cfg.host.rstrip("/"), ssl_context=ctx, token=token)
+
+
+class KubeApi:
+    """List and watch, counted. One aiohttp session (connection pool) for every request."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._creds = credentials
+        self._session: aiohttp.ClientSession | None = None
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.server = credentials.server
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # limit=0: every watch holds a connection; the number of watches is bounded by discovery itself.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0,
+                                                                                 ssl=self._creds.ssl_context))
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "admission-webhook-exporter"}
+        token = self._creds.token()
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @staticmethod
+    async def _raise_for(response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
+            return
+        text = await response.text()
+        try:
+            message = json.loads(text).get("message", text)
+        except ValueError:
+            message = text
+        error = Gone if response.status == 410 else ApiError
+        raise error(response.status, str(message)[:300])
+
+    async def list(self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None,
+                   request_seconds: float = 60) -> tuple[list[dict[str, Any]], str]:
+        """Every object (paginated) and the list's resourceVersion to watch from."""
+        items: list[dict[str, Any]] = []
+        cont = ""
+        while True:
+            params: dict[str, str | int] = {"limit": LIST_PAGE_SIZE}
+            if label_selector:
+                params["labelSelector"] = label_selector
+            if cont:
+                params["continue"] = cont
+            self.requests[("list", resource.plural)] += 1
+            url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
+            async with self._client().get(url, headers=self._headers(),
+                                          timeout=aiohttp.ClientTimeout(total=request_seconds)) as response:
+                await self._raise_for(response)
+                body = await response.json()
+            for item in body.get("items") or []:
+                item.setdefault("kind", resource.kind)  # list items come without kind
+                items.append(item)
+            meta = body.get("metadata") or {}
+            cont = meta.get("continue") or ""
+            if not cont:
+                return items, str(meta.get("resourceVersion", ""))
+
+    async def watch(self, resource: Resource, *, resource_version: str, namespace: str | None = None,
+                    label_selector: str | None = None, server_timeout: int = 290,
+                    idle_timeout: float = 330) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:
+        """Events from `resource_version` on, with bookmarks; ends when the server closes the watch.
+
+        `idle_timeout` bounds the silence between two lines: the server sends bookmarks, so a watch that
+        says nothing for longer than its own timeout is a dead connection, not a quiet cluster.
+        """
+        params: dict[str, str | int] = {"watch": 1, "resourceVersion": resource_version,
+                                        "allowWatchBookmarks": "true", "timeoutSeconds": server_timeout}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        self.requests[("watch", resource.plural)] += 1
+        url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle_timeout)
+        async with self._client().get(url, headers=self._headers(), timeout=timeout) as response:
+            await self._raise_for(response)
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind = event.get("type", "")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    status = int(obj.get("code") or 500)
+                    error = Gone if status == 410 else ApiError
+                    raise error(status, str(obj.get("message", "watch error")))
+                if isinstance(obj, dict) and kind != "BOOKMARK":
+                    obj.setdefault("kind", resource.kind)
+                yield kind, obj
+
+
+async def sleep_backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> None:
+    """Exponential backoff with full jitter, so many watches failing together do not retry together."""
+    await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** min(attempt, 10))))
