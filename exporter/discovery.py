@@ -1,11 +1,11 @@
 """Follow every webhook in a live cluster: list once, then watch, and feed the same inventory as manifests.
 
-Watched: both webhook configuration kinds cluster-wide; and, only for the namespaces that hold a webhook's
-backend Service, that namespace's Services and the EndpointSlices of the referenced Services (label
-selector `kubernetes.io/service-name in (...)`). Those backend watches are added, narrowed and dropped as
-webhooks come and go. Each watch resumes from its last resourceVersion (bookmarks keep it fresh) and lists
-again only after `410 Gone`; errors back off. Changes reach the inventory after a short debounce, so a burst
-of events costs one rebuild.
+Watched: both webhook configuration kinds and Namespaces (for their labels) cluster-wide; and, only for the
+namespaces that hold a webhook's backend Service, that namespace's Services and the EndpointSlices of the
+referenced Services (label selector `kubernetes.io/service-name in (...)`). Those backend watches are added,
+narrowed and dropped as webhooks come and go. Each watch resumes from its last resourceVersion (bookmarks
+keep it fresh) and lists again only after `410 Gone`; errors back off. Changes reach the inventory after a
+short debounce, so a burst of events costs one rebuild.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .inventory import SourcedObject, build_inventory
 from .kubeapi import (
     ENDPOINT_SLICES,
     MUTATING_CONFIGS,
+    NAMESPACES,
     SERVICES,
     VALIDATING_CONFIGS,
     ApiError,
@@ -138,7 +139,7 @@ class Discovery:
         self._idle_timeout = idle_timeout
         self.health = WatchHealth()
         self._objects: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {
-            r.plural: {} for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, SERVICES, ENDPOINT_SLICES)}
+            r.plural: {} for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, NAMESPACES, SERVICES, ENDPOINT_SLICES)}
         self._config_watches: list[Watch] = []
         self._backends: dict[str, _BackendWatches] = {}
         self._dirty = asyncio.Event()
@@ -174,7 +175,9 @@ class Discovery:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._config_watches = [self._watch(VALIDATING_CONFIGS), self._watch(MUTATING_CONFIGS)]
+        # Namespaces (labels only) let the audit evaluate namespaceSelectors against the live cluster.
+        self._config_watches = [self._watch(VALIDATING_CONFIGS), self._watch(MUTATING_CONFIGS),
+                                self._watch(NAMESPACES)]
         self._tasks = [asyncio.create_task(w.run(), name=f"watch {w.id}") for w in self._config_watches]
         self._tasks.append(asyncio.create_task(self._rebuild_loop(), name="discovery rebuild"))
 
@@ -277,7 +280,7 @@ class Discovery:
         last = GaugeMetricFamily("admission_webhook_exporter_watch_last_event_timestamp_seconds",
                                  "When the resource's watches last delivered an event or bookmark.",
                                  labels=["resource"])
-        for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, SERVICES, ENDPOINT_SLICES):
+        for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, NAMESPACES, SERVICES, ENDPOINT_SLICES):
             restarts.add_metric([r.plural], self.health.restarts.get(r.plural, 0))
             if r.plural in self.health.last_event:
                 last.add_metric([r.plural], self.health.last_event[r.plural])

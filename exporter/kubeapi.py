@@ -52,6 +52,7 @@ VALIDATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "validatingw
 MUTATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
                             "MutatingWebhookConfiguration")
 SERVICES = Resource("", "v1", "services", "Service")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
 

@@ -271,8 +271,8 @@ async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visi
     try:
         running = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
         await asyncio.wait_for(running.discovery.wait_synced(), 10)
-        for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "services",
-                         "endpointslices"):
+        for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces",
+                         "services", "endpointslices"):
             assert running.value("admission_webhook_exporter_watch_up", resource=resource) == 1, resource
         await eventually(lambda: running.value("admission_webhook_probe_success", configuration=name,
                                                name="rbac.example.com", type="validating",
