@@ -42,13 +42,19 @@ class WebhookCollector(Collector):
     def __init__(self, state: ExporterState, *, extra: Iterable[Callable[[], Iterable[Metric]]] = ()) -> None:
         self._state = state
         self._extra = list(extra)
+        # The webhook families depend only on the plans, which are replaced whole on every inventory change:
+        # built once per plans object, not once per scrape.
+        self._static: tuple[object, list[Metric]] = (None, [])
 
     def add_source(self, source: Callable[[], Iterable[Metric]]) -> None:
         """More families from another part of the exporter (e.g. discovery's watch health)."""
         self._extra.append(source)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._webhook_families()
+        plans = self._state.plans
+        if self._static[0] is not plans:
+            self._static = (plans, list(self._webhook_families()))
+        yield from self._static[1]
         yield from self._probe_families()
         yield from self._self_families()
         for source in self._extra:

@@ -13,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from . import exposition
+
 LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
 <h1>admission-webhook-exporter</h1>
 <p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
@@ -38,6 +40,8 @@ class MetricsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if content_type.startswith("text/plain"):  # the classic format: our fast renderer
+            encoder, content_type = _render_registry, exposition.CONTENT_TYPE
         body = await asyncio.get_running_loop().run_in_executor(None, encoder, self._registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
@@ -68,6 +72,10 @@ class MetricsServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _render_registry(registry: CollectorRegistry) -> bytes:
+    return exposition.render(registry.collect())
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
