@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,9 +41,10 @@ class MetricsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        render: Callable[[], bytes] = partial(encoder, self._registry)
         if content_type.startswith("text/plain"):  # the classic format: our fast renderer
-            encoder, content_type = _render_registry, exposition.CONTENT_TYPE
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self._registry)
+            render, content_type = partial(exposition.render, self._registry.collect()), exposition.CONTENT_TYPE
+        body = await asyncio.get_running_loop().run_in_executor(None, render)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
@@ -72,10 +74,6 @@ class MetricsServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-def _render_registry(registry: CollectorRegistry) -> bytes:
-    return exposition.render(registry.collect())
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
