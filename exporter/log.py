@@ -51,8 +51,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """Writes to whatever `sys.stderr` is at emit time (a replaced or captured stderr is followed)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure(level: str = "info", fmt: str = "logfmt") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

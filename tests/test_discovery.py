@@ -204,7 +204,7 @@ async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_p
     backend = await servers.backend(ca.issue(["127.0.0.1"]))
     name = f"join-{uid()}"
     webhook_name = f"{name}.join.example.com"
-    hook = f.webhook(webhook_name, f.url_client(backend.port, ca.ca_bundle), policy="Fail", within=3,
+    hook = f.webhook(webhook_name, f.url_client(backend.port, ca.ca_bundle), policy="Fail", timeout=3,
                      **ns_scoped(namespace))
     await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(name, hook))
     running = await run_exporter(control_plane.kubeconfig_path)

@@ -30,6 +30,7 @@ import contextlib
 import csv
 import ctypes
 import datetime as dt
+import http.client
 import io
 import ipaddress
 import json
@@ -673,7 +674,8 @@ class ControlPlane:
             self.start_apiserver()
 
     def stop(self) -> None:
-        """Stop every component by PID (apiserver first), then delete the data directory."""
+        """Stop every component by PID (apiserver first), then delete the data directory
+        (kept for post-mortems when ``AWE_KEEP_CONTROL_PLANE_DIR=1``). Idempotent; not restartable."""
         for p in (self._apiserver, self._proxy, self._etcd):
             if p is not None:
                 p.stop()
@@ -701,7 +703,7 @@ class ControlPlane:
             try:
                 if ready():
                     return
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 last = str(e)
             time.sleep(0.1)
         raise ControlPlaneError(

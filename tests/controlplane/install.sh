@@ -14,7 +14,9 @@
 #   AWE_GO_TIMEOUT    seconds allowed for the whole build (default 3600)
 # Exit codes: 0 ok (built or cached), 2 prerequisite missing (go / module proxy), 1 build failed.
 set -euo pipefail
-
+# The whole body is one compound command, so bash parses it before running any of it: editing
+# this file while a (minutes-long) build runs cannot break that run.
+{
 K8S_PINNED=v1.34.12                           # newest v1.34.x served by proxy.golang.org when pinned
 K8S_PINNED_COMMIT=26c89157669bdc7e3657302bc1abde758507095b  # its tag's commit, for `kube-apiserver --version`
 K8S_VERSION=${AWE_K8S_VERSION:-$K8S_PINNED}
@@ -117,3 +119,5 @@ build_etcd
 build_apiserver
 echo "$WANT" >"$STAMP"
 echo "control plane binaries ready in $BIN after $(( $(date +%s) - t_start )) s ($(go env GOVERSION))"
+exit 0
+}

@@ -221,7 +221,10 @@ def test_url_webhook_called_then_fails_closed(
             create_cm(kube_api, namespace)
     assert e.value.status == 500
     assert f'failed calling webhook "url-{namespace}.awe.test"' in message(e.value)
-    assert "connect: connection refused" in message(e.value)
+    # Usually a fresh dial is refused; under load the apiserver may still pick the kept-alive
+    # connection the backend just cut, and then reports EOF / reset for that one call.
+    causes = ("connect: connection refused", "EOF", "connection reset by peer")
+    assert any(c in message(e.value) for c in causes), message(e.value)
 
 
 def test_service_webhook_through_egress_proxy_into_netns(
