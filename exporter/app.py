@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from .audit import risk_metrics
 from .collector import WebhookCollector
 from .discovery import Discovery
 from .results import ResultStore
@@ -38,6 +39,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
         self.collector = WebhookCollector(self.state, extra=extra_metrics)
         self.registry.register(self.collector)
+        self.collector.add_source(risk_metrics(self.state))  # the audit, recomputed when the inventory changes
         self.sources_ready: Callable[[], bool] = lambda: True
         self.server: MetricsServer | None = None
         self.on_close: list[Callable[[], Awaitable[None]]] = []  # sources to stop, before the scheduler

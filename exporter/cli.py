@@ -1,7 +1,8 @@
-"""Command line: `serve`, `check`, `demo`.
+"""Command line: `serve`, `check`, `demo`, `audit`, `explain`.
 
 Bad flags and unusable manifests print one line on stderr and exit 2; `check` exits 1 when a
-`failurePolicy: Fail` webhook is unhealthy, so it can gate a pipeline.
+`failurePolicy: Fail` webhook is unhealthy, and `audit` when a finding reaches `--fail-on`, so both can gate
+a pipeline.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -19,7 +21,13 @@ from typing import NoReturn
 
 from . import __version__
 from .app import Exporter
+from .audit import SEVERITIES, at_or_above, audit
+from .audit import to_json as audit_json
+from .audit import to_text as audit_text
 from .discovery import Discovery
+from .explain import explain, probe_verdicts
+from .explain import to_json as explain_json
+from .explain import to_text as explain_text
 from .inventory import build_inventory
 from .kubeapi import KubeApi, load_credentials
 from .log import configure, event
@@ -91,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", choices=["table", "json"], default="table")
     common(check)
 
+    audit_cmd = sub.add_parser("audit", help="report webhook configurations that can wedge the cluster; exit 1 "
+                                             "when a finding reaches --fail-on")
+    sources(audit_cmd)
+    audit_cmd.add_argument("--output", choices=["text", "json"], default="text")
+    audit_cmd.add_argument("--fail-on", choices=[*SEVERITIES, "never"], default="critical",
+                           help="exit 1 when a finding of this severity or above exists (default critical)")
+    audit_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    audit_cmd.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
+
+    explain_cmd = sub.add_parser("explain", help="explain an apiserver/kubectl admission webhook error; with a "
+                                                 "cluster or manifests, add the webhook's probe verdict now")
+    explain_cmd.add_argument("text", nargs="?", default="-", help="the error text; '-' or absent: read stdin")
+    sources(explain_cmd)
+    explain_cmd.add_argument("--output", choices=["text", "json"], default="text")
+    common(explain_cmd)
+
     demo = sub.add_parser("demo", help="start local faulty webhook backends and serve the exporter against them")
     demo.add_argument("--listen-address", default=f"127.0.0.1:{DEFAULT_PORT}")
     demo.add_argument("--probe-interval", type=_positive_float, default=5.0)
@@ -143,6 +167,33 @@ async def run_check(args: argparse.Namespace) -> int:
     print(to_json(statuses) if args.output == "json" else to_table(statuses))
     unhealthy = [s for s in statuses if s.failure_policy == "Fail" and s.unhealthy]
     return EXIT_UNHEALTHY if unhealthy else 0
+
+
+async def run_audit(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
+    _report_invalid(inventory)
+    findings = audit(inventory, plan(inventory))
+    render = audit_json if args.output == "json" else audit_text
+    print(render(findings, webhooks=len(inventory.webhooks)))
+    failing = args.fail_on != "never" and at_or_above(findings, args.fail_on)
+    return EXIT_UNHEALTHY if failing else 0
+
+
+async def run_explain(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if not text.strip():
+        raise UsageError("explain needs the error text: as an argument, or on stdin")
+    inventory: Inventory | None = None
+    if args.manifests:
+        inventory = load_inventory(args.manifests)
+    elif args.kubeconfig or args.context:
+        inventory = await _live_inventory(args)
+    explanation = explain(text, inventory)
+    if inventory is not None and explanation.webhook:
+        verdicts = await probe_verdicts(inventory, explanation.webhook, concurrency=args.probe_concurrency)
+        explanation = dataclasses.replace(explanation, verdicts=verdicts)
+    print(explain_json(explanation) if args.output == "json" else explain_text(explanation))
+    return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
 
 
 async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float = 0.0,
@@ -217,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "manifests", None) and (args.kubeconfig or args.context):
             raise UsageError("--manifests and --kubeconfig/--context are alternatives: pick one source")
         configure(args.log_level, args.log_format)
-        runner = {"serve": run_serve, "check": run_check, "demo": run_demo}[args.command]
+        runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
+                  "explain": run_explain}[args.command]
         return asyncio.run(runner(args))
     except (UsageError, ManifestError, ValueError) as err:
         print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from exporter.audit import risk_metrics
 from exporter.collector import WebhookCollector
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
@@ -27,7 +28,7 @@ def collected_metrics() -> set[str]:
     discovery.health.last_event["services"] = 1.0
     discovery.api.requests[("watch", "services")] = 1
     names = set()
-    for family in WebhookCollector(state, extra=[discovery.metrics]).collect():
+    for family in WebhookCollector(state, extra=[discovery.metrics, risk_metrics(state)]).collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 

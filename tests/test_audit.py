@@ -1,0 +1,322 @@
+"""The configuration audit: real-world configurations with their exact findings, the fixes it proposes, the
+apiserver's matching semantics, the metric, the CLI, and a risky configuration in a real kube-apiserver."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import audit as audit_module
+from exporter.app import Exporter
+from exporter.audit import (
+    BOOTSTRAP,
+    CYCLE,
+    FAIL_OPEN,
+    KUBE_SYSTEM,
+    LONG_TIMEOUT,
+    MATCH_CONDITION,
+    OWN_BACKEND,
+    PORT_MISSING,
+    RULE_IDS,
+    SERVICE_MISSING,
+    SIDE_EFFECTS,
+    SINGLE_ENDPOINT,
+    TIMEOUT_BUDGET,
+    VIRTUAL_RESOURCE,
+    Finding,
+    Request,
+    audit,
+    rule_matches,
+    selector_matches,
+)
+from exporter.cli import load_inventory, main
+from exporter.inventory import SourcedObject, build_inventory
+from exporter.model import Inventory, LabelSelector, LabelSelectorRequirement, MatchCondition, Rule, Webhook
+from exporter.parse import parse_label_selector
+from tests import factories as f
+
+FIXTURES = Path(__file__).parent / "fixtures" / "audit"
+DOCS = Path(__file__).parent.parent / "docs" / "audit.md"
+
+KYVERNO_V = ("kyverno-resource-validating-webhook-cfg", "validate.kyverno.svc-fail", "validating")
+KYVERNO_M = ("kyverno-resource-mutating-webhook-cfg", "mutate.kyverno.svc-fail", "admit")
+CERT_MANAGER_V = ("cert-manager-webhook", "webhook.cert-manager.io", "validating")
+CERT_MANAGER_M = ("cert-manager-webhook", "webhook.cert-manager.io", "admit")
+
+# fixture -> the exact findings: (configuration, name, type, id, severity)
+EXPECTED: dict[str, set[tuple[str, str, str, str, str]]] = {
+    "policy-engine-all-resources.yaml": {
+        (*hook, rule, "critical") for hook in (KYVERNO_V, KYVERNO_M) for rule in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP)},
+    "policy-engine-kube-system-excluded.yaml": {(*hook, BOOTSTRAP, "critical") for hook in (KYVERNO_V, KYVERNO_M)},
+    "servicecidr-no-exclusion.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating", BOOTSTRAP,
+                                       "critical")},
+    "servicecidr-excluded.yaml": set(),
+    "istio-sidecar-injector.yaml": set(),
+    "cert-manager.yaml": {(*hook, rule, "warning") for hook in (CERT_MANAGER_V, CERT_MANAGER_M)
+                          for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)},
+    "gatekeeper-ignore.yaml": {
+        ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FAIL_OPEN, "info"),
+        ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating", BOOTSTRAP,
+         "critical")},
+    "match-condition-invalid.yaml": {
+        ("team-policy", "labels.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
+        ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical")},
+    "cycle.yaml": {("mesh-sidecar", "inject.mesh.example.com", "admit", CYCLE, "critical"),
+                   ("log-agent", "inject.log-agent.example.com", "admit", CYCLE, "critical")},
+    "misc-backends.yaml": {
+        ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", VIRTUAL_RESOURCE, "warning"),
+        ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", SIDE_EFFECTS, "warning"),
+        ("legacy-quota", "quota.legacy.example.com", "validating", SERVICE_MISSING, "warning"),
+        ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical")},
+}
+
+
+def rows(findings: tuple[Finding, ...]) -> set[tuple[str, str, str, str, str]]:
+    return {(x.webhook.configuration, x.webhook.name, x.webhook.type, x.id, x.severity) for x in findings}
+
+
+@pytest.mark.parametrize("fixture", sorted(EXPECTED))
+def test_real_world_configurations_have_exactly_the_expected_findings(fixture: str) -> None:
+    inventory = load_inventory([str(FIXTURES / fixture)])
+    assert not inventory.invalid, inventory.invalid
+    findings = audit(inventory)
+    assert rows(findings) == EXPECTED[fixture]
+    for finding in findings:  # every finding says why in one line and proposes a fix
+        assert finding.why and "\n" not in finding.why and finding.fix
+
+
+def test_fixtures_and_docs_cover_every_rule_id() -> None:
+    covered = {row[3] for expected in EXPECTED.values() for row in expected}
+    assert covered == set(RULE_IDS)
+    assert sorted(p.name for p in FIXTURES.glob("*.yaml")) == sorted(EXPECTED)
+    documented = {line.split("`")[1] for line in DOCS.read_text().splitlines() if line.startswith("| `")}
+    assert documented == set(RULE_IDS)
+
+
+def test_why_names_the_risk_precisely() -> None:
+    by = {(x.webhook.name, x.id): x for x in audit(load_inventory([str(FIXTURES / "servicecidr-no-exclusion.yaml")]))}
+    why = by[("validate.netpol-guard.example.com", BOOTSTRAP)].why
+    assert "(servicecidrs, ipaddresses) through a wildcard rule" in why
+    assert "no Service can be created (every ClusterIP allocation creates an IPAddress)" in why
+    cert = {(x.webhook.type, x.id): x for x in audit(load_inventory([str(FIXTURES / "cert-manager.yaml")]))}
+    assert cert[("validating", TIMEOUT_BUDGET)].why.startswith(
+        "on CREATE certificaterequests in default the apiserver may wait 30 (mutating) + 30 (validating, the "
+        "longest) = 60 s")
+    assert cert[("admit", TIMEOUT_BUDGET)].fix.startswith("timeoutSeconds: 17")  # 17 + 17 fits 34
+    bad = {x.webhook.name: x.why for x in audit(load_inventory([str(FIXTURES / "match-condition-invalid.yaml")]))}
+    assert bad["labels.team-policy.example.com"] == (
+        "matchCondition 'not-kube-system' does not compile: ERROR: <input>:1:38: Syntax error: mismatched input "
+        "'<EOF>': the apiserver rejects the request")
+    assert bad["deletes.team-policy.example.com"] == (
+        "matchCondition 'only-temporary' fails on DELETE configmaps in default: no such overload (object is null "
+        "on DELETE): the apiserver rejects the request")
+
+
+def apply_fix(hook: Webhook, finding: Finding) -> Webhook:
+    """The webhook as it is after an operator pastes the finding's snippet into it."""
+    snippet = yaml.safe_load(finding.fix)
+    if "namespaceSelector" in snippet:
+        return dataclasses.replace(hook, namespace_selector=parse_label_selector(snippet["namespaceSelector"], "fix"))
+    added = tuple(MatchCondition(c["name"], c["expression"]) for c in snippet["matchConditions"])
+    return dataclasses.replace(hook, match_conditions=hook.match_conditions + added)
+
+
+@pytest.mark.parametrize("fixture", ["policy-engine-all-resources.yaml", "cycle.yaml", "servicecidr-no-exclusion.yaml",
+                                     "gatekeeper-ignore.yaml"])
+def test_each_selector_and_condition_fix_removes_its_finding(fixture: str) -> None:
+    inventory = load_inventory([str(FIXTURES / fixture)])
+    fixable = [x for x in audit(inventory) if x.id in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE)]
+    assert fixable
+    for finding in fixable:
+        hooks = tuple(apply_fix(h, finding) if h.key == finding.webhook else h for h in inventory.webhooks)
+        after = audit(dataclasses.replace(inventory, webhooks=hooks))
+        assert (finding.webhook, finding.id) not in {(x.webhook, x.id) for x in after}, finding.fix
+
+
+def test_namespace_selector_is_evaluated_against_live_labels() -> None:
+    hook = f.webhook("opt-out.example.com", f.url_client(443, ""), rules=[
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+        namespaceSelector={"matchExpressions": [{"key": "policy.example.com/ignore", "operator": "DoesNotExist"}]})
+    offline = build_inventory([SourcedObject("t", f.configuration("opt-out", hook))])
+    assert {x.id for x in audit(offline)} == {KUBE_SYSTEM}  # kube-system carries only its name label
+    labelled = {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "kube-system", "labels": {"policy.example.com/ignore": "true"}}}
+    live = build_inventory([SourcedObject("t", f.configuration("opt-out", hook)), SourcedObject("api", labelled)])
+    assert audit(live) == ()
+
+
+def test_admission_configuration_objects_are_never_flagged() -> None:
+    hook = f.webhook("meta.example.com", f.url_client(443, ""), rules=[
+        {"apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "operations": ["*"],
+         "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations",
+                       "validatingadmissionpolicies", "validatingadmissionpolicybindings"]}])
+    assert audit(build_inventory([SourcedObject("t", f.configuration("meta", hook))])) == ()
+
+
+def test_undecidable_match_conditions_are_assumed_to_match_and_say_so() -> None:
+    hook = f.webhook("authz.example.com", f.url_client(443, ""), rules=[
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["nodes"]}],
+        matchConditions=[{"name": "not-admins",
+                          "expression": "!authorizer.group('').resource('nodes').check('create').allowed()"}])
+    (finding,) = audit(build_inventory([SourcedObject("t", f.configuration("authz", hook))]))
+    assert finding.id == BOOTSTRAP
+    assert "matchConditions not evaluated: matchCondition 'not-admins' uses authorizer" in finding.why
+
+
+LABELS = {"app": "web", "tier": "front"}
+
+
+@pytest.mark.parametrize(("selector", "matches"), [
+    (LabelSelector(), True),
+    (LabelSelector(match_labels=(("app", "web"),)), True),
+    (LabelSelector(match_labels=(("app", "db"),)), False),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("tier", "In", ("front", "back")),)), True),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("tier", "NotIn", ("front",)),)), False),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("zone", "NotIn", ("a",)),)), True),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("zone", "In", ("a",)),)), False),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("app", "Exists"),)), True),
+    (LabelSelector(match_expressions=(LabelSelectorRequirement("app", "DoesNotExist"),)), False),
+])
+def test_label_selector_semantics(selector: LabelSelector, matches: bool) -> None:
+    assert selector_matches(selector, LABELS) is matches
+
+
+POD = audit_module.PODS
+POD_STATUS = Request(POD, "UPDATE", "default", subresource="status")
+POD_CREATE = Request(POD, "CREATE", "default")
+NODE = Request(audit_module.NODES, "CREATE")
+NS = Request(audit_module.NAMESPACES, "CREATE", "team", "team")
+
+
+def rule(resources: list[str], scope: str = "*", operations: tuple[str, ...] = ("*",),
+         groups: tuple[str, ...] = ("*",)) -> Rule:
+    return Rule(operations=operations, api_groups=groups, api_versions=("*",), resources=tuple(resources),
+                scope=scope)
+
+
+@pytest.mark.parametrize(("r", "request_", "matches"), [
+    (rule(["*"]), POD_CREATE, True),
+    (rule(["*"]), POD_STATUS, False),  # "*" is main resources only
+    (rule(["*/*"]), POD_STATUS, True),
+    (rule(["pods/*"]), POD_STATUS, True),
+    (rule(["pods/*"]), POD_CREATE, True),  # the apiserver's matcher: sub "*" also matches no subresource
+    (rule(["*/status"]), POD_STATUS, True),
+    (rule(["*/status"]), POD_CREATE, False),
+    (rule(["pods"], operations=("UPDATE",)), POD_CREATE, False),
+    (rule(["pods"], groups=("apps",)), POD_CREATE, False),
+    (rule(["*"], scope="Namespaced"), NODE, False),
+    (rule(["*"], scope="Namespaced"), NS, False),  # a Namespace is cluster-scoped, though it has a namespace
+    (rule(["*"], scope="Cluster"), NS, True),
+    (rule(["*"], scope="Cluster"), POD_CREATE, False),
+])
+def test_rule_matching_follows_the_apiserver(r: Rule, request_: Request, matches: bool) -> None:
+    assert rule_matches(r, request_) is matches
+
+
+def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = Exporter()
+    inventory = load_inventory([str(FIXTURES / "cycle.yaml")])
+    exporter.state.inventory, exporter.state.plans = inventory, ()  # no scheduler round: adopt() needs a loop
+    calls: list[Inventory] = []
+    real = audit_module.audit
+
+    def counting(inv: Inventory, plans: Any = None, **kwargs: Any) -> tuple[Finding, ...]:
+        calls.append(inv)
+        return real(inv, plans, **kwargs)
+
+    monkeypatch.setattr(audit_module, "audit", counting)
+    labels = {"configuration": "mesh-sidecar", "name": "inject.mesh.example.com", "type": "admit", "risk": CYCLE,
+              "severity": "critical"}
+    for _ in range(3):
+        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
+    assert len(calls) == 1
+    exporter.state.inventory = load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")])
+    assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
+    assert len(calls) == 2
+
+
+def test_cli_report_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    cert_manager = str(FIXTURES / "cert-manager.yaml")
+    assert main(["audit", "--manifests", cert_manager]) == 0  # warnings only; default --fail-on critical
+    text = capsys.readouterr().out
+    assert text.startswith("6 findings in 2 webhooks: 0 critical, 6 warning, 0 info\n\nWARNING (6)\n")
+    assert "  [fail_policy_long_timeout] cert-manager-webhook/webhook.cert-manager.io (admit)\n" in text
+    assert main(["audit", "--manifests", cert_manager, "--fail-on", "warning", "--output", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"] == {"critical": 0, "warning": 6, "info": 0}
+    assert {(r["type"], r["id"]) for r in report["findings"]} == {
+        (t, i) for t in ("validating", "admit") for i in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)}
+    assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml")]) == 1
+    capsys.readouterr()
+    assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml"), "--fail-on", "never"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--manifests", str(FIXTURES), "--fail-on", "sometimes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--fail-on" in err
+
+
+# -- Against a real kube-apiserver -----------------------------------------------------------------------------
+async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def run_cli(*args: str, limit: float = 120) -> tuple[int, str, str]:
+    """The CLI as an operator runs it: its own process, so its event loop and connections are its own."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "exporter", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), limit)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.controlplane
+async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, control_plane: Any) -> None:
+    from kubernetes import client
+
+    from exporter.discovery import Discovery
+    from exporter.kubeapi import KubeApi, load_credentials
+
+    core, admission = client.CoreV1Api(kube_api), client.AdmissionregistrationV1Api(kube_api)
+    suffix = uuid.uuid4().hex[:8]
+    namespace, name = f"audit-{suffix}", f"audit-{suffix}"
+    webhook = f"pods.{name}.example.com"
+    await call(core.create_namespace, {"metadata": {"name": namespace}})
+    service = f.service(namespace, "hook", [{"name": "https", "port": 443}])
+    await call(core.create_namespaced_service, namespace, service)
+    # Fail, on pods, in the namespace of its own backend: the classic self-deadlock. Scoped to that namespace
+    # only, so it cannot touch anything else in the shared control plane.
+    hook = f.webhook(webhook, f.service_client(namespace, "hook", ""), policy="Fail", rules=[
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+        namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}})
+    await call(admission.create_validating_webhook_configuration, f.configuration(name, hook))
+    exporter = Exporter(interval=60)
+    discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))), exporter.state.adopt)
+    exporter.attach(discovery)
+    try:
+        code, out, err = await run_cli("audit", "--kubeconfig", str(control_plane.kubeconfig_path), "--output", "json")
+        assert code == 1, err  # a critical finding: the default --fail-on
+        report = json.loads(out)
+        mine = {(r["id"], r["severity"]) for r in report["findings"] if r["configuration"] == name}
+        assert mine == {(OWN_BACKEND, "critical")}
+
+        await discovery.start()
+        await asyncio.wait_for(discovery.wait_synced(), 10)
+        labels = {"configuration": name, "name": webhook, "type": "validating", "risk": OWN_BACKEND,
+                  "severity": "critical"}
+        for _ in range(100):
+            if exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
+    finally:
+        await exporter.close()
+        await call(admission.delete_validating_webhook_configuration, name)
+        await call(core.delete_namespace, namespace)
