@@ -123,6 +123,9 @@ class KubeApi:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            # TLS connections finish their close_notify exchange on later loop turns; give them that time so a
+            # stopped exporter (or a one-shot `check`) leaves no half-closed socket behind (aiohttp's advice).
+            await asyncio.sleep(0.25)
 
     @staticmethod
     async def _raise_for(response: aiohttp.ClientResponse) -> None:
