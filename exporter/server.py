@@ -61,9 +61,9 @@ class MetricsServer:
         return web.Response(text=LANDING, content_type="text/html")
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host or None, self._port, shutdown_timeout=2)
+        site = web.TCPSite(self._runner, self._host or None, self._port)
         await site.start()
         server = site._server  # aiohttp exposes the bound sockets only here
         assert isinstance(server, asyncio.base_events.Server)

@@ -17,7 +17,7 @@ for installer in tests/controlplane/install.sh alerts/install-promtool.sh; do
 done
 
 step "lint and types"
-ruff check exporter tests bench
+ruff check exporter tests bench dashboards alerts
 mypy
 
 step "pytest"
