@@ -39,7 +39,7 @@ import datetime as dt
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,26 +52,13 @@ from exporter.kubeapi import KubeApi, load_credentials
 from exporter.pki import CertificateAuthority
 from tests import factories as f
 from tests.conftest import Servers
+from tests.kube import Kube
 
 ROUTE_LABEL = "awe-e2e.example.com/route"
 RISKY_TIMEOUT_S = 20  # > exporter/audit.py's LONG_TIMEOUT_SECONDS (15)
 EXPIRING_IN = dt.timedelta(days=3)
 PROBE_INTERVAL_S = 1.0
 NETNS_ADDRESS = "10.213.7.200"  # inside the netns /24 validation accepts; never ready, never dialled
-
-
-class Kube:
-    """The few calls the scenario makes, through the official client, each off the event loop."""
-
-    def __init__(self, api: Any) -> None:
-        from kubernetes import client
-
-        self.admission = client.AdmissionregistrationV1Api(api)
-        self.core = client.CoreV1Api(api)
-        self.discovery = client.DiscoveryV1Api(api)
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 @dataclass(frozen=True)
