@@ -98,11 +98,13 @@ class Watch:
                                                              label_selector=self.label_selector)
                         self.on_reset(items)
                         self.synced.set()
-                    self._set_up(True)
+                        self._set_up(True)  # the API just answered; the watch below follows at once
+                    # Otherwise up only once the server accepts the watch, not when we ask: a request into a
+                    # black hole must not read as an established watch until its idle timeout says otherwise.
                     async for kind, obj in self.api.watch(
                             self.resource, resource_version=version, namespace=self.namespace,
                             label_selector=self.label_selector, server_timeout=self.server_timeout,
-                            idle_timeout=self.idle_timeout):
+                            idle_timeout=self.idle_timeout, on_open=lambda: self._set_up(True)):
                         failures = 0
                         self.health.last_event[self.resource.plural] = time.time()
                         version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
