@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .inventory import SourcedObject, build_inventory
+from .inventory import ParseCache, SourcedObject, build_inventory
 from .kubeapi import (
     ENDPOINT_SLICES,
     MUTATING_CONFIGS,
@@ -41,6 +41,7 @@ log = logging.getLogger("exporter.discovery")
 
 ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 DEBOUNCE_SECONDS = 0.05
+EMPTY_WATCH_SECONDS = 1.0  # a watch closed cleanly sooner than this, with no event, counts as a failure
 
 
 def _key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -101,16 +102,21 @@ class Watch:
                         self._set_up(True)  # the API just answered; the watch below follows at once
                     # Otherwise up only once the server accepts the watch, not when we ask: a request into a
                     # black hole must not read as an established watch until its idle timeout says otherwise.
+                    opened, events = time.monotonic(), 0
                     async for kind, obj in self.api.watch(
                             self.resource, resource_version=version, namespace=self.namespace,
                             label_selector=self.label_selector, server_timeout=self.server_timeout,
                             idle_timeout=self.idle_timeout, on_open=lambda: self._set_up(True)):
-                        failures = 0
+                        failures, events = 0, events + 1
                         self.health.last_event[self.resource.plural] = time.time()
                         version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                         if kind != "BOOKMARK":
                             self.on_event(kind, obj)
-                    # The server ended the watch at its timeout: resume from where we are, no list.
+                    # The server ended the watch at its timeout: resume from where we are, no list. One that
+                    # ends at once with nothing said is a server refusing quietly: back off, do not spin.
+                    if events == 0 and time.monotonic() - opened < EMPTY_WATCH_SECONDS:
+                        failures += 1
+                        await sleep_backoff(failures)
                 except Gone:
                     version = None
                     self._restarted("410 Gone: resourceVersion compacted; listing again", logging.INFO)
@@ -145,6 +151,7 @@ class Discovery:
         self._config_watches: list[Watch] = []
         self._backends: dict[str, _BackendWatches] = {}
         self._dirty = asyncio.Event()
+        self._parsed = ParseCache()
         self._synced_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.inventory = Inventory()
@@ -212,8 +219,7 @@ class Discovery:
             except Exception:  # a bug here must not stop discovery; the last inventory stays in force
                 log.exception("rebuild_failed")
 
-    def _objects_for_inventory(self) -> Iterator[SourcedObject]:
-        referenced = self._referenced()
+    def _objects_for_inventory(self, referenced: Mapping[str, frozenset[str]]) -> Iterator[SourcedObject]:
         for plural, store in self._objects.items():
             for (namespace, name), obj in store.items():
                 if plural == "services" and name not in referenced.get(namespace, ()):
@@ -221,19 +227,21 @@ class Discovery:
                 yield SourcedObject("api", obj)
 
     def _referenced(self) -> dict[str, frozenset[str]]:
+        """The backend Services the webhook configurations name, by namespace."""
         refs: dict[str, set[str]] = {}
-        for hook in self.inventory.webhooks:
-            if hook.service is not None:
-                refs.setdefault(hook.service.namespace, set()).add(hook.service.name)
+        for plural in (VALIDATING_CONFIGS.plural, MUTATING_CONFIGS.plural):
+            for obj in self._objects[plural].values():
+                for hook in self._parsed.parse(SourcedObject("api", obj)).webhooks:
+                    if hook.service is not None:
+                        refs.setdefault(hook.service.namespace, set()).add(hook.service.name)
         return {ns: frozenset(names) for ns, names in refs.items()}
 
     def rebuild(self) -> None:
-        configs = [SourcedObject("api", o) for p in (VALIDATING_CONFIGS, MUTATING_CONFIGS)
-                   for o in self._objects[p.plural].values()]
-        # First the webhooks alone, to know which backends to follow; then everything.
-        self.inventory = build_inventory(configs)
-        self._reconcile_backends(self._referenced())
-        self.inventory = build_inventory(self._objects_for_inventory())
+        # Objects the last events did not touch are the same dicts as before, so their parse is reused: a change
+        # costs one parse, not one per object in the cluster.
+        referenced = self._referenced()
+        self._reconcile_backends(referenced)
+        self.inventory = build_inventory(self._objects_for_inventory(referenced), cache=self._parsed)
         self._adopt(self.inventory)
         if self.synced:
             self._synced_event.set()

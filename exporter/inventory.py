@@ -33,32 +33,79 @@ class SourcedObject:
     raw: RawObject
 
 
-def build_inventory(objects: Iterable[SourcedObject], *, now: float | None = None) -> Inventory:
+@dataclass(frozen=True)
+class Parsed:
+    """What one raw object contributes to an inventory."""
+
+    webhooks: tuple[Webhook, ...] = ()
+    service: Service | None = None
+    endpoint_slice: EndpointSlice | None = None
+    namespace: Namespace | None = None
+    invalid: tuple[InvalidObject, ...] = ()
+
+
+def parse_object(obj: SourcedObject) -> Parsed:
+    kind = object_kind(obj.raw)
+    try:
+        if kind in WEBHOOK_KINDS:
+            hooks, bad = parse_webhook_configuration(obj.raw, source=obj.source)
+            return Parsed(webhooks=tuple(hooks), invalid=tuple(bad))
+        if kind == "Service":
+            return Parsed(service=parse_service(obj.raw))
+        if kind == "EndpointSlice":
+            return Parsed(endpoint_slice=parse_endpoint_slice(obj.raw))
+        if kind == "Namespace":
+            return Parsed(namespace=parse_namespace(obj.raw))
+    except ParseError as err:
+        return Parsed(invalid=(InvalidObject(source=obj.source, kind=kind, name=object_name(obj.raw),
+                                             reason=str(err)),))
+    return Parsed()
+
+
+class ParseCache:
+    """Parsed objects by identity of their raw dict, for repeated builds over a live store.
+
+    The watch store keeps the same dict for an object until an event replaces it, so a rebuild after one event
+    parses one object, not all of them. Each build keeps only the entries it used: nothing outlives its object.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[RawObject, Parsed]] = {}
+        self._next: dict[int, tuple[RawObject, Parsed]] = {}
+
+    def parse(self, obj: SourcedObject) -> Parsed:
+        entry = self._entries.get(id(obj.raw))
+        if entry is None or entry[0] is not obj.raw:
+            entry = (obj.raw, parse_object(obj))
+        self._next[id(obj.raw)] = entry
+        return entry[1]
+
+    def finish_build(self) -> None:
+        self._entries, self._next = self._next, {}
+
+
+def build_inventory(objects: Iterable[SourcedObject], *, now: float | None = None,
+                    cache: ParseCache | None = None) -> Inventory:
     webhooks: list[Webhook] = []
     services: dict[tuple[str, str], Service] = {}
     slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
     namespaces: dict[str, Namespace] = {}
     invalid: list[InvalidObject] = []
     for obj in objects:
-        kind = object_kind(obj.raw)
-        if kind not in SUPPORTED_KINDS:
+        if object_kind(obj.raw) not in SUPPORTED_KINDS:
             continue
-        try:
-            if kind in WEBHOOK_KINDS:
-                hooks, bad = parse_webhook_configuration(obj.raw, source=obj.source)
-                webhooks.extend(hooks)
-                invalid.extend(bad)
-            elif kind == "Service":
-                svc = parse_service(obj.raw)
-                services[(svc.namespace, svc.name)] = svc
-            elif kind == "EndpointSlice":
-                eps = parse_endpoint_slice(obj.raw)
-                slices[(eps.namespace, eps.service_name)].append(eps)
-            else:
-                ns = parse_namespace(obj.raw)
-                namespaces[ns.name] = ns
-        except ParseError as err:
-            invalid.append(InvalidObject(source=obj.source, kind=kind, name=object_name(obj.raw), reason=str(err)))
+        parsed = cache.parse(obj) if cache is not None else parse_object(obj)
+        webhooks.extend(parsed.webhooks)
+        invalid.extend(parsed.invalid)
+        if parsed.service is not None:
+            services[(parsed.service.namespace, parsed.service.name)] = parsed.service
+        if parsed.endpoint_slice is not None:
+            eps = parsed.endpoint_slice
+            slices[(eps.namespace, eps.service_name)].append(eps)
+        if parsed.namespace is not None:
+            namespaces[parsed.namespace.name] = parsed.namespace
+    if cache is not None:
+        cache.finish_build()
     # Two configurations of different kinds may share a name; (configuration, name, type) stays unique.
     unique: dict[object, Webhook] = {}
     for hook in webhooks:

@@ -624,6 +624,24 @@ async def test_invalid_webhook_configuration_from_a_fake_list(exporters: StartEx
         await fake.stop()
 
 
+async def test_watch_the_server_ends_at_once_backs_off_instead_of_spinning(exporters: StartExporter) -> None:
+    """A fake API server whose every watch ends cleanly at once, saying nothing (an apiserver or proxy that
+    refuses quietly): the exporter must back off, not hammer the API with a watch per loop turn."""
+    fake = await hostile.FakeKubeApi().start()
+    running: Running | None = None
+    try:
+        # server_timeout=0: the fake closes each watch as soon as it is opened.
+        running = await exporters(Credentials(server=fake.url, ssl_context=False, token=lambda: None),
+                                  server_timeout=0, idle_timeout=10)
+        await asyncio.sleep(3)
+        watches = [p for verb, p in fake.requests if verb == "watch" and p == VALIDATING_CONFIGS.path()]
+        assert 1 <= len(watches) <= 15, len(watches)  # without backoff: hundreds in 3 s
+    finally:
+        if running is not None:
+            await running.exporter.close()
+        await fake.stop()
+
+
 # ==========================================================================================================
 # Churn soak
 # ==========================================================================================================

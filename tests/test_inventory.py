@@ -149,3 +149,19 @@ def test_invalid_webhooks_have_exact_errors(mutate, reason: str) -> None:  # typ
     inv = inventory_of(f.configuration("c", hook, good))
     assert [w.key.name for w in inv.webhooks] == ["ok.example.com"]
     assert [b.reason for b in inv.invalid] == [reason]
+
+
+def test_parse_cache_reuses_untouched_objects_and_forgets_deleted_ones() -> None:
+    from exporter.inventory import ParseCache, SourcedObject, build_inventory
+
+    first = f.configuration("a", f.webhook("a.example.com", {"url": "https://a.example.com"}))
+    second = f.configuration("b", f.webhook("b.example.com", {"url": "https://b.example.com"}))
+    cache = ParseCache()
+    one = build_inventory([SourcedObject("api", first), SourcedObject("api", second)], cache=cache)
+    edited = f.configuration("b", f.webhook("b.example.com", {"url": "https://b.example.com"}, timeoutSeconds=7))
+    two = build_inventory([SourcedObject("api", first), SourcedObject("api", edited)], cache=cache)
+    assert two.webhooks[0] is one.webhooks[0]  # the same dict: parsed once
+    assert two.webhooks[1].timeout_seconds == 7  # a replaced dict: parsed again
+    three = build_inventory([SourcedObject("api", edited)], cache=cache)
+    assert [w.key.configuration for w in three.webhooks] == ["b"]
+    assert len(cache._entries) == 1  # the deleted object's parse is not kept
