@@ -154,9 +154,11 @@ async def _handshake(
             raise leaf_failure from err
         raise ProbeFailure(chain_reason, _chain_wording(chain_reason, err), expiry) from err
     except ssl.SSLError as err:
-        raise ProbeFailure(Reason.TLS_HANDSHAKE, f"remote error: tls: {err.reason or err}") from err
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, tls_wording(err)) from err
+    except ConnectionResetError as err:
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, "read: connection reset by peer") from err
     except (ConnectionError, asyncio.IncompleteReadError, EOFError) as err:
-        raise ProbeFailure(Reason.TLS_HANDSHAKE, f"tls handshake: {type(err).__name__}: EOF") from err
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, "EOF") from err  # the peer hung up mid-handshake
     ssl_object = writer.get_extra_info("ssl_object")
     leaf = ssl_object.getpeercert(binary_form=True) if ssl_object else None
     expiry, failure = _judge_leaf(leaf, target, time.time())
@@ -164,6 +166,17 @@ async def _handshake(
         failure.cert_not_after = expiry
         raise failure
     return expiry, writer
+
+
+def tls_wording(err: ssl.SSLError) -> str:
+    """A handshake error in the words Go's crypto/tls (so the apiserver) uses, where OpenSSL's differ."""
+    reason = err.reason or ""
+    if reason == "WRONG_VERSION_NUMBER":  # the peer answered with something that is not TLS
+        return "tls: first record does not look like a TLS handshake"
+    if reason.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_")):  # an alert the peer sent
+        alert = reason.split("_ALERT_", 1)[1].lower().replace("_", " ")
+        return f"remote error: tls: {alert}"
+    return f"tls: {reason or err}"
 
 
 def _chain_wording(reason: Reason, err: ssl.SSLCertVerificationError) -> str:

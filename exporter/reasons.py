@@ -33,7 +33,7 @@ APISERVER_WORDING: dict[Reason, str] = {
     Reason.UNREACHABLE: "dial tcp ...: connect: no route to host",
     Reason.TIMEOUT: "context deadline exceeded",
     Reason.DNS: "dial tcp: lookup ...: no such host",
-    Reason.TLS_HANDSHAKE: "remote error: tls: ... / first record does not look like a TLS handshake",
+    Reason.TLS_HANDSHAKE: "tls: first record does not look like a TLS handshake / remote error: tls: ...",
     Reason.X509_UNKNOWN_AUTHORITY: "x509: certificate signed by unknown authority",
     Reason.X509_EXPIRED: "x509: certificate has expired or is not yet valid: current time ... is after ...",
     Reason.X509_NOT_YET_VALID: "x509: certificate has expired or is not yet valid: current time ... is before ...",

@@ -92,7 +92,7 @@ async def test_plain_http_on_tls_port_is_tls_handshake(servers: Servers, ca: Cer
     server = await servers.raw(plain_http)
     result = await probe_config(url_hook(server.port, ca.ca_bundle))
     assert result.reason is Reason.TLS_HANDSHAKE
-    assert result.detail.startswith("remote error: tls: ")
+    assert result.detail == "tls: first record does not look like a TLS handshake"
 
 
 async def test_reset_during_handshake_is_tls_handshake(servers: Servers, ca: CertificateAuthority) -> None:
@@ -233,3 +233,19 @@ def test_admission_review_is_dry_run_for_the_first_rule() -> None:
     assert request["operation"] == "UPDATE"
     assert request["oldObject"] == request["object"]
     assert request["object"]["metadata"]["namespace"] == "default"
+
+
+def test_tls_errors_read_as_go_prints_them() -> None:
+    import ssl
+
+    from exporter.probe import tls_wording
+
+    def err(reason: str) -> ssl.SSLError:
+        e = ssl.SSLError(1, reason)
+        e.reason = reason
+        return e
+
+    assert tls_wording(err("WRONG_VERSION_NUMBER")) == "tls: first record does not look like a TLS handshake"
+    assert tls_wording(err("TLSV1_ALERT_PROTOCOL_VERSION")) == "remote error: tls: protocol version"
+    assert tls_wording(err("SSLV3_ALERT_HANDSHAKE_FAILURE")) == "remote error: tls: handshake failure"
+    assert tls_wording(err("EXCESSIVE_MESSAGE_SIZE")) == "tls: EXCESSIVE_MESSAGE_SIZE"
