@@ -5,7 +5,8 @@ the state has no scheduler, so nothing of it is ever dialled) and renders the re
 handler does: `exporter.exposition.render` (the text format) on a worker thread of the event loop. It is
 measured twice: with the loop idle, and while the same loop runs real probes back to back against loopback TLS
 backends (`bench.backends`, another process) with `--concurrency` in flight: render and probes then share
-the GIL, as they do in the exporter. Printed: series, bytes, median and p90 render ms in each case, and the probe rate meanwhile.
+the GIL, as they do in the exporter. Printed: series, bytes, median and p90 render ms in each case, and the
+probe rate meanwhile.
 Usage: python -m bench.scrape_cost [--series 1000,10000,100000] [--repeats 15] [--probe-backends 200]
 """
 
