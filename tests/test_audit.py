@@ -320,3 +320,17 @@ async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, co
         await exporter.close()
         await call(admission.delete_validating_webhook_configuration, name)
         await call(core.delete_namespace, namespace)
+
+
+def test_cycle_search_survives_a_chain_longer_than_the_recursion_limit() -> None:
+    import sys
+
+    from exporter.audit import cycles
+    from exporter.model import WebhookKey
+
+    n = sys.getrecursionlimit() + 500
+    keys = [WebhookKey("c", f"h{i:05d}", "validating") for i in range(n)]
+    edges = {keys[i]: {keys[(i + 1) % n]} for i in range(n)}  # one ring through every webhook
+    edges[keys[0]].add(keys[0])  # a self-loop is not a cycle between webhooks on its own
+    assert cycles(edges) == [sorted(keys)]
+    assert cycles({keys[0]: {keys[1]}, keys[1]: set()}) == []
