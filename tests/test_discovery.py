@@ -21,13 +21,13 @@ import yaml
 
 from exporter.app import Exporter
 from exporter.discovery import Discovery
-from exporter.kubeapi import KubeApi, load_credentials
+from exporter.kubeapi import load_credentials
 from exporter.pki import CertificateAuthority
 from tests import factories as f
 from tests.conftest import Servers
 from tests.controlplane.fixtures import EXPORTER_GROUP, EXPORTER_USER, api_client_for
 from tests.controlplane.harness import ControlPlane
-from tests.kube import Kube
+from tests.kube import Kube, start_live_exporter
 
 pytestmark = pytest.mark.controlplane
 REPO = Path(__file__).parent.parent
@@ -57,11 +57,7 @@ async def run_exporter() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     started: list[Running] = []
 
     async def start(kubeconfig: Path, *, interval: float = 2.0) -> Running:
-        exporter = Exporter(interval=interval)
-        discovery = Discovery(KubeApi(load_credentials(str(kubeconfig))), exporter.state.adopt)
-        exporter.attach(discovery)
-        await discovery.start()
-        running = Running(exporter, discovery)
+        running = Running(*await start_live_exporter(load_credentials(str(kubeconfig)), interval=interval))
         started.append(running)
         return running
 

@@ -32,7 +32,7 @@ from prometheus_client.exposition import generate_latest
 
 from exporter.app import Exporter
 from exporter.discovery import Discovery
-from exporter.kubeapi import VALIDATING_CONFIGS, Credentials, KubeApi, load_credentials
+from exporter.kubeapi import VALIDATING_CONFIGS, Credentials, load_credentials
 from exporter.pki import CertificateAuthority, ServingCertificate
 from exporter.probe import MAX_BODY_BYTES, ProbeResult, probe
 from exporter.reasons import Reason
@@ -45,6 +45,8 @@ from tests.conftest import Servers
 from tests.controlplane.fixtures import EXPORTER_GROUP, EXPORTER_USER, api_client_for
 from tests.controlplane.harness import ControlPlane
 from tests.helpers import only_plan, plans_of
+from tests.kube import Kube as SharedKube
+from tests.kube import start_live_exporter
 from tests.servers import Handler, never_speak, plain_http
 
 REPO = Path(__file__).parent.parent
@@ -284,13 +286,9 @@ async def exporters() -> AsyncIterator[StartExporter]:
 
     async def start(source: Path | Credentials, *, server_timeout: int = 290, idle_timeout: float = 330,
                     interval: float = 1.0) -> Running:
-        exporter = Exporter(interval=interval)
         creds = load_credentials(str(source)) if isinstance(source, Path) else source
-        discovery = Discovery(KubeApi(creds), exporter.state.adopt, server_timeout=server_timeout,
-                              idle_timeout=idle_timeout)
-        exporter.attach(discovery)
-        await discovery.start()
-        running = Running(exporter, discovery)
+        running = Running(*await start_live_exporter(creds, interval=interval, server_timeout=server_timeout,
+                                                     idle_timeout=idle_timeout))
         started.append(running)
         return running
 
@@ -299,20 +297,12 @@ async def exporters() -> AsyncIterator[StartExporter]:
         await running.exporter.close()
 
 
-class Kube:
-    """The few calls the tests make, through the official client, each off the event loop."""
+class Kube(SharedKube):
+    """The shared test client, plus the webhook create/delete the fault cases repeat."""
 
     def __init__(self, api: Any) -> None:
-        from kubernetes import client
-
+        super().__init__(api)
         self.api = api
-        self.admission = client.AdmissionregistrationV1Api(api)
-        self.core = client.CoreV1Api(api)
-        self.discovery = client.DiscoveryV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def create_hook(self, configuration: str, name: str, client: dict[str, Any]) -> None:
         hook = f.webhook(name, client, policy="Ignore", timeout=2,
