@@ -123,9 +123,10 @@ class KubeApi:
                                                                                  ssl=self._creds.ssl_context))
         return self._session
 
-    def _headers(self) -> dict[str, str]:
+    async def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "admission-webhook-exporter"}
-        token = self._creds.token()
+        # Off the event loop: a kubeconfig exec plugin (cloud IAM) may run a subprocess to refresh the token.
+        token = await asyncio.to_thread(self._creds.token)
         if token:
             headers["Authorization"] = token
         return headers
@@ -163,7 +164,7 @@ class KubeApi:
                 params["continue"] = cont
             self.requests[("list", resource.plural)] += 1
             url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
-            async with self._client().get(url, headers=self._headers(),
+            async with self._client().get(url, headers=await self._headers(),
                                           timeout=aiohttp.ClientTimeout(total=request_seconds)) as response:
                 await self._raise_for(response)
                 body = await response.json()
@@ -192,7 +193,7 @@ class KubeApi:
         self.requests[("watch", resource.plural)] += 1
         url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=idle_timeout)
-        async with self._client().get(url, headers=self._headers(), timeout=timeout) as response:
+        async with self._client().get(url, headers=await self._headers(), timeout=timeout) as response:
             await self._raise_for(response)
             if on_open is not None:
                 on_open()
