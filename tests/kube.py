@@ -7,8 +7,12 @@ while a create is in flight.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from exporter.app import Exporter
 from exporter.discovery import Discovery
@@ -37,3 +41,29 @@ async def start_live_exporter(credentials: Credentials, *, interval: float = 2.0
     exporter.attach(discovery)
     await discovery.start()
     return exporter, discovery
+
+
+CLUSTERROLE = Path(__file__).parent.parent / "deploy" / "rbac" / "clusterrole.yaml"
+
+
+@contextlib.asynccontextmanager
+async def exporter_role(kube: Kube, name: str, group: str) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """deploy/rbac/clusterrole.yaml under `name`, bound to `group`; both deleted afterwards (gone is fine)."""
+    from kubernetes.client.exceptions import ApiException
+
+    role = yaml.safe_load(CLUSTERROLE.read_text())
+    role["metadata"] = {"name": name}
+    binding = {"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+               "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]}
+    await kube.call(kube.rbac.create_cluster_role, role)
+    await kube.call(kube.rbac.create_cluster_role_binding, binding)
+    try:
+        yield role, binding
+    finally:
+        for delete in (kube.rbac.delete_cluster_role_binding, kube.rbac.delete_cluster_role):
+            try:
+                await kube.call(delete, name)
+            except ApiException as err:
+                if err.status != 404:
+                    raise

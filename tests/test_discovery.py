@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter.app import Exporter
 from exporter.discovery import Discovery
@@ -27,7 +26,7 @@ from tests import factories as f
 from tests.conftest import Servers
 from tests.controlplane.fixtures import EXPORTER_GROUP, EXPORTER_USER, api_client_for
 from tests.controlplane.harness import ControlPlane
-from tests.kube import Kube, start_live_exporter
+from tests.kube import Kube, exporter_role, start_live_exporter
 
 pytestmark = pytest.mark.controlplane
 REPO = Path(__file__).parent.parent
@@ -233,46 +232,39 @@ async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_p
 
 async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visible(
         kube: Kube, control_plane: ControlPlane, run_exporter, servers: Servers) -> None:
-    role = yaml.safe_load((REPO / "deploy" / "rbac" / "clusterrole.yaml").read_text())
     role_name = f"awe-test-{uid()}"
-    role["metadata"] = {"name": role_name}
-    binding = {"metadata": {"name": role_name},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-               "subjects": [{"kind": "Group", "name": EXPORTER_GROUP, "apiGroup": "rbac.authorization.k8s.io"}]}
-    await kube.call(kube.rbac.create_cluster_role, role)
-    await kube.call(kube.rbac.create_cluster_role_binding, binding)
-    ca = CertificateAuthority.create()
-    backend = await servers.backend(ca.issue(["127.0.0.1"]))
-    name = f"rbac-{uid()}"
-    await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(
-        name, f.webhook("rbac.example.com", f.url_client(backend.port, ca.ca_bundle), policy="Ignore",
-                        **ns_scoped("nowhere")),
-        f.webhook("rbac-svc.example.com", f.service_client("kube-system", "some-svc", ca.ca_bundle),
-                  policy="Ignore", **ns_scoped("nowhere"))))
-    try:
-        running = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
-        await asyncio.wait_for(running.discovery.wait_synced(), 10)
-        for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces",
-                         "services", "endpointslices"):
-            assert running.value("admission_webhook_exporter_watch_up", resource=resource) == 1, resource
-        await eventually(lambda: running.value("admission_webhook_probe_success", configuration=name,
-                                               name="rbac.example.com", type="validating",
-                                               endpoint=f"127.0.0.1:{backend.port}") == 1, within=5)
+    async with exporter_role(kube, role_name, EXPORTER_GROUP) as (role, _):
+        ca = CertificateAuthority.create()
+        backend = await servers.backend(ca.issue(["127.0.0.1"]))
+        name = f"rbac-{uid()}"
+        await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(
+            name, f.webhook("rbac.example.com", f.url_client(backend.port, ca.ca_bundle), policy="Ignore",
+                            **ns_scoped("nowhere")),
+            f.webhook("rbac-svc.example.com", f.service_client("kube-system", "some-svc", ca.ca_bundle),
+                      policy="Ignore", **ns_scoped("nowhere"))))
+        try:
+            running = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
+            await asyncio.wait_for(running.discovery.wait_synced(), 10)
+            for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces",
+                             "services", "endpointslices"):
+                assert running.value("admission_webhook_exporter_watch_up", resource=resource) == 1, resource
+            await eventually(lambda: running.value("admission_webhook_probe_success", configuration=name,
+                                                   name="rbac.example.com", type="validating",
+                                                   endpoint=f"127.0.0.1:{backend.port}") == 1, within=5)
 
-        role["rules"] = [r for r in role["rules"] if "endpointslices" not in r["resources"]]
-        await kube.call(kube.rbac.replace_cluster_role, role_name, role)
-        # A fresh exporter as the same user: the slices watch is refused and says so.
-        denied = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
-        await eventually(lambda: denied.value("admission_webhook_exporter_watch_up", resource="endpointslices")
-                         == 0, within=10, what="watch_up 0 for endpointslices")
-        assert (denied.value("admission_webhook_exporter_watch_restarts_total", resource="endpointslices") or 0) >= 1
-        assert "403" in denied.discovery.last_error and "forbidden" in denied.discovery.last_error
-        await eventually(lambda: denied.value("admission_webhook_exporter_watch_up", resource="services") == 1,
-                         within=10, what="the permitted services watch is unaffected")
-    finally:
-        await kube.call(kube.admission.delete_validating_webhook_configuration, name)
-        await kube.call(kube.rbac.delete_cluster_role_binding, role_name)
-        await kube.call(kube.rbac.delete_cluster_role, role_name)
+            role["rules"] = [r for r in role["rules"] if "endpointslices" not in r["resources"]]
+            await kube.call(kube.rbac.replace_cluster_role, role_name, role)
+            # A fresh exporter as the same user: the slices watch is refused and says so.
+            denied = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
+            await eventually(lambda: denied.value("admission_webhook_exporter_watch_up", resource="endpointslices")
+                             == 0, within=10, what="watch_up 0 for endpointslices")
+            restarts = denied.value("admission_webhook_exporter_watch_restarts_total", resource="endpointslices")
+            assert (restarts or 0) >= 1
+            assert "403" in denied.discovery.last_error and "forbidden" in denied.discovery.last_error
+            await eventually(lambda: denied.value("admission_webhook_exporter_watch_up", resource="services") == 1,
+                             within=10, what="the permitted services watch is unaffected")
+        finally:
+            await kube.call(kube.admission.delete_validating_webhook_configuration, name)
 
 
 async def test_steady_state_makes_no_list_and_no_get(kube: Kube, control_plane: ControlPlane,

@@ -46,7 +46,7 @@ from tests.controlplane.fixtures import EXPORTER_GROUP, EXPORTER_USER, api_clien
 from tests.controlplane.harness import ControlPlane
 from tests.helpers import only_plan, plans_of
 from tests.kube import Kube as SharedKube
-from tests.kube import start_live_exporter
+from tests.kube import exporter_role, start_live_exporter
 from tests.servers import Handler, never_speak, plain_http
 
 REPO = Path(__file__).parent.parent
@@ -520,23 +520,8 @@ async def test_410_gone_after_compaction_relists_and_drops_what_was_missed(
 @pytest.fixture
 async def restricted_role(kube: Kube) -> AsyncIterator[dict[str, Any]]:
     """deploy/rbac/clusterrole.yaml under a unique name, bound to the exporter test user's group."""
-    role = yaml.safe_load((REPO / "deploy" / "rbac" / "clusterrole.yaml").read_text())
-    name = f"awe-faults-{uid()}"
-    role["metadata"] = {"name": name}
-    binding = {"metadata": {"name": name},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-               "subjects": [{"kind": "Group", "name": EXPORTER_GROUP, "apiGroup": "rbac.authorization.k8s.io"}]}
-    await kube.call(kube.rbac.create_cluster_role, role)
-    await kube.call(kube.rbac.create_cluster_role_binding, binding)
-    yield binding
-    from kubernetes.client.exceptions import ApiException
-
-    for delete in (kube.rbac.delete_cluster_role_binding, kube.rbac.delete_cluster_role):
-        try:
-            await kube.call(delete, name)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+    async with exporter_role(kube, f"awe-faults-{uid()}", EXPORTER_GROUP) as (_, binding):
+        yield binding
 
 
 @controlplane
