@@ -37,6 +37,17 @@ def _window(valid_from: dt.datetime | None, valid_until: dt.datetime | None) -> 
     return valid_from or now - dt.timedelta(hours=1), valid_until or now + dt.timedelta(days=365)
 
 
+def subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
+    """IP SANs for what parses as an address, DNS SANs for the rest."""
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    return sans
+
+
 @dataclass(frozen=True)
 class ServingCertificate:
     cert: x509.Certificate
@@ -81,12 +92,7 @@ class CertificateAuthority:
         """A serving certificate for DNS names and IP addresses (as SANs), signed by this CA."""
         key = _new_key(key_type)
         start, end = _window(valid_from, valid_until)
-        sans: list[x509.GeneralName] = []
-        for n in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                sans.append(x509.DNSName(n))
+        sans = subject_alt_names(names)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or (names or ["x"])[0])]))

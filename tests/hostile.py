@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exporter.pki import CertificateAuthority, ServingCertificate
+from exporter.pki import CertificateAuthority, ServingCertificate, subject_alt_names
 from tests.servers import Handler
 
 T = TypeVar("T")
@@ -112,15 +112,8 @@ async def close_after_headers(reader: asyncio.StreamReader, writer: asyncio.Stre
 
 # -- certificates ----------------------------------------------------------------------------------------
 def _leaf_builder(issuer: x509.Name, key: ec.EllipticCurvePrivateKey, names: list[str]) -> x509.CertificateBuilder:
-    import ipaddress
-
     now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = []
-    for n in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
+    sans = subject_alt_names(names)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
