@@ -35,11 +35,9 @@ class Kube:
 async def start_live_exporter(credentials: Credentials, *, interval: float = 2.0, server_timeout: int = 290,
                               idle_timeout: float = 330) -> tuple[Exporter, Discovery]:
     """An exporter in this event loop, following the API behind `credentials` (the caller closes it)."""
-    exporter = Exporter(interval=interval)
-    discovery = Discovery(KubeApi(credentials), exporter.state.adopt, server_timeout=server_timeout,
-                          idle_timeout=idle_timeout)
-    exporter.attach(discovery)
-    await discovery.start()
+    discovery = Discovery(KubeApi(credentials), server_timeout=server_timeout, idle_timeout=idle_timeout)
+    exporter = Exporter(interval=interval, discovery=discovery)
+    await exporter.start()
     return exporter, discovery
 
 

@@ -627,15 +627,14 @@ async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterr
                         **nowhere),
         f.webhook("svc.deploy.example.com", f.service_client(backend_ns, "hook", ca.ca_bundle), policy="Ignore",
                   **nowhere))
-    exporter = Exporter(interval=2.0)
-    discovery = Discovery(KubeApi(load_credentials(str(kubeconfig))), exporter.state.adopt)
-    exporter.attach(discovery)
+    discovery = Discovery(KubeApi(load_credentials(str(kubeconfig))))
+    exporter = Exporter(interval=2.0, discovery=discovery)
 
     def value(metric: str, **labels: str) -> float | None:
         return exporter.registry.get_sample_value(metric, labels)
 
     try:
-        await discovery.start()
+        await exporter.start()
         await asyncio.wait_for(discovery.wait_synced(), 10)
         await asyncio.to_thread(admission.create_validating_webhook_configuration, configuration)
         url_endpoint = {"configuration": name, "name": "url.deploy.example.com", "type": "validating",

@@ -724,7 +724,7 @@ async def test_churn_soak(kube: Kube, control_plane: ControlPlane, exporters: St
         assert running.up("endpointslices") is None, "no webhook left, so no backend watch either"
         mib = hostile.MiB
         print(f"churn soak {SOAK_SECONDS:.0f}s, {tick} ticks: RSS {baseline[0] / mib:.1f} -> {end[0] / mib:.1f} MiB, "
-              f"fds {baseline[1]} -> {end[1]}; probes {running.exporter.stats.by_result}")
+              f"fds {baseline[1]} -> {end[1]}; probes {running.exporter.scheduler.counts().by_result}")
         assert end[0] <= baseline[0] * 1.10, f"RSS grew {baseline[0] / mib:.1f} -> {end[0] / mib:.1f} MiB"
         assert end[1] <= baseline[1] * 1.10, f"open fds grew {baseline[1]} -> {end[1]}"
     finally:
