@@ -24,8 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,6 +40,7 @@ from exporter.pki import CertificateAuthority
 from tests import factories as f
 from tests.conftest import Servers
 from tests.controlplane.harness import ControlPlane, cache_dir
+from tests.helpers import eventually, uid
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "deploy" / "helm" / "admission-webhook-exporter"
@@ -55,10 +55,6 @@ API_DEADLINE = 30.0  # seconds for the apiserver to establish a CRD or serve a n
 FIELD_MANAGER = "awe-test-deploy"
 WATCHED = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces", "services",
            "endpointslices")
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -572,13 +568,6 @@ def _token_kubeconfig(cp: ControlPlane, token: str, path: Path) -> Path:
     return path
 
 
-async def _eventually(predicate: Callable[[], bool], within: float, what: str) -> None:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, f"not within {within}s: {what}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.controlplane
 async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterrole(
         control_plane: ControlPlane, kube_api: Any, servers: Servers, tmp_path: Path) -> None:
@@ -639,9 +628,9 @@ async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterr
         await asyncio.to_thread(admission.create_validating_webhook_configuration, configuration)
         url_endpoint = {"configuration": name, "name": "url.deploy.example.com", "type": "validating",
                         "endpoint": f"127.0.0.1:{backend.port}"}
-        await _eventually(lambda: value("admission_webhook_probe_success", **url_endpoint) == 1, 10,
+        await eventually(lambda: value("admission_webhook_probe_success", **url_endpoint) == 1, 10,
                           "the new webhook configuration discovered and probed")
-        await _eventually(lambda: all(value("admission_webhook_exporter_watch_up", resource=r) == 1 for r in WATCHED),
+        await eventually(lambda: all(value("admission_webhook_exporter_watch_up", resource=r) == 1 for r in WATCHED),
                           10, "every watch up as the chart's ServiceAccount")
         assert {w.key.name for w in discovery.inventory.webhooks if w.key.configuration == name} == {
             "url.deploy.example.com", "svc.deploy.example.com"}
