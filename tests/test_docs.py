@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from exporter.app import Exporter
@@ -10,7 +12,8 @@ from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
 from exporter.reasons import Reason
 
-DOC = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+REPO = Path(__file__).parent.parent
+DOC = (REPO / "docs" / "metrics.md").read_text()
 
 
 def documented_metrics() -> set[str]:
@@ -40,3 +43,9 @@ def test_reason_table_is_exactly_the_closed_set() -> None:
     section = DOC.split("Failure `reason` values")[1].split("## ")[0]
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \| ", section, re.M))
     assert documented == {r.value for r in Reason}
+
+
+def test_import_graph_page_is_drawn_from_the_current_contract_and_code() -> None:
+    check = subprocess.run([sys.executable, str(REPO / "scripts" / "import_graph.py"), "--check"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
