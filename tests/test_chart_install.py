@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
 import subprocess
 from collections.abc import Callable
@@ -87,3 +85,87 @@ def only_rule_groups(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     groups: list[dict[str, Any]] = rule["spec"]["groups"]
     return groups
+
+
+# --------------------------------------------------------------------------------------------- #
+# a real helm install on a real kube-apiserver, without and then with the CRDs
+
+
+class Helm:
+    """helm against one control plane, with private config/cache/data dirs and no proxy (loopback only)."""
+
+    def __init__(self, binary: Path, cp: ControlPlane, home: Path) -> None:
+        self.binary, self.kubeconfig = binary, cp.kubeconfig_path
+        self.env = {"HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+                    "HELM_DATA_HOME": str(home / "data"), "KUBECACHEDIR": str(home / "kube-cache"),
+                    "HTTP_PROXY": "", "HTTPS_PROXY": "", "http_proxy": "", "https_proxy": ""}
+
+    def __call__(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run([self.binary, *args, "--kubeconfig", self.kubeconfig], **self.env)
+
+    def ok(self, *args: str | Path) -> str:
+        done = self(*args)
+        assert done.returncode == 0, f"helm {shlex.join(map(str, args))}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+
+@pytest.mark.controlplane
+def test_install_without_the_operator_then_upgrade_once_its_crds_exist(
+        helm: Path, make_control_plane: Callable[..., ControlPlane], tmp_path: Path) -> None:
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    cp = make_control_plane()  # private: its CRDs and releases never meet the shared control plane's tests
+    h = Helm(helm, cp, tmp_path / "helm")
+    release = ("-n", NAMESPACE)
+    with api_client_for(cp) as api:
+        dyn = dynamic_client(api, tmp_path)
+
+        def stored(api_version: str, kind: str) -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = dyn.get(api_resource(dyn, api_version, kind), name=RELEASE,
+                                                namespace=NAMESPACE).to_dict()
+            except NotFoundError:
+                return None
+            return found
+
+        # 1. No prometheus-operator CRDs: the install succeeds without the two, and its notes say what is missing.
+        notes = h.ok("install", RELEASE, CHART, *release, "--create-namespace")
+        assert "SKIPPED: the ServiceMonitor" in notes and "SKIPPED: the PrometheusRule" in notes, notes
+        assert "Prometheus selection" not in notes
+        manifest = h.ok("get", "manifest", RELEASE, *release)
+        assert "kind: ServiceMonitor" not in manifest and "kind: PrometheusRule" not in manifest
+        assert stored("apps/v1", "Deployment") is not None, "the exporter itself is installed"
+
+        # The failure the guard prevents: forced, the same chart is refused by this cluster.
+        forced = h("install", "awe-forced", CHART, *release, "--set", "serviceMonitor.force=true",
+                   "--dry-run=server")
+        assert forced.returncode != 0 and 'no matches for kind "ServiceMonitor"' in forced.stderr, forced.stderr
+
+        # 2. The CRDs arrive (kube-prometheus-stack installed later): an upgrade with the same values adds both.
+        install_crds(dyn)
+        notes = h.ok("upgrade", RELEASE, CHART, *release, "--reuse-values")
+        assert "SKIPPED" not in notes, notes
+        assert f"ServiceMonitor {RELEASE}: release=kube-prometheus-stack" in notes, notes
+        assert SELECTOR_COMMAND in notes, notes
+        monitor, rule = stored("monitoring.coreos.com/v1", "ServiceMonitor"), stored(
+            "monitoring.coreos.com/v1", "PrometheusRule")
+        assert monitor is not None and rule is not None
+        assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] == \
+            "kube-prometheus-stack"
+        # What the apiserver stored (validated against the CRD's schema) is still exactly alerts/rules/.
+        assert rule["spec"]["groups"] == alert_rule_groups()
+
+        # 3. What branch `monitoring` does for its end-to-end test: a shorter for: through the chart's values.
+        h.ok("upgrade", RELEASE, CHART, *release, "--reuse-values", "--set",
+             "prometheusRule.config.endpointsFor=30s", "--set", "serviceMonitor.additionalLabels.release=kps")
+        rule = stored("monitoring.coreos.com/v1", "PrometheusRule")
+        assert rule is not None and rule["metadata"]["labels"]["release"] == "kps"
+        fors = {(r["alert"], r["for"]) for g in rule["spec"]["groups"] for r in g["rules"]
+                if r.get("alert") == "AdmissionWebhookNoReadyEndpoints"}
+        assert fors == {("AdmissionWebhookNoReadyEndpoints", "30s")}
+
+        # 4. Uninstall leaves none of the chart's objects.
+        h.ok("uninstall", RELEASE, *release, "--wait", "--timeout", "60s")
+        for api_version, kind in (("apps/v1", "Deployment"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+                                  ("monitoring.coreos.com/v1", "PrometheusRule"), ("v1", "Service")):
+            assert stored(api_version, kind) is None, kind
