@@ -2,13 +2,15 @@
 
 * `helm template`: the ServiceMonitor and PrometheusRule render only when `--api-versions` names their kinds (a
   cluster with the CRDs), each independently, or when forced; everything else renders either way.
-* NOTES.txt, as `helm install` prints it: the labels Prometheus selects on, the exact `kubectl get prometheus`
-  command that shows its selectors, the `--set` that fixes a mismatch; and what was skipped and why.
 * For real, against a private kube-apiserver of tests/controlplane (no kubelet: the Pods never run, nothing here
-  needs them to): `helm install` without the CRDs succeeds without the two and says so; forcing them there fails
-  with `no matches for kind` (the failure the guard prevents); once the CRDs from tests/fixtures/crds exist,
-  `helm upgrade --reuse-values` creates both, the stored PrometheusRule is alerts/rules/, a `--set` of
-  prometheusRule.config reaches it, and `helm uninstall` removes everything.
+  needs them to): `helm install` without the CRDs succeeds without the two and its notes say what was skipped;
+  forcing them there fails with `no matches for kind` (the failure the guard prevents); once the CRDs from
+  tests/fixtures/crds exist, `helm upgrade --reuse-values` creates both and the stored PrometheusRule is
+  alerts/rules/. The notes `helm upgrade` prints name the labels Prometheus selects on, the exact `kubectl get
+  prometheus` command, and, for each Prometheus resource in the cluster (kube-prometheus-stack's defaults for a
+  release `kps`, through a schemaless stand-in CRD), whether it selects them and the `--set` that fixes a
+  mismatch; after that `--set` they say it does. A `--set` of prometheusRule.config reaches the stored rule, and
+  `helm uninstall` removes everything.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from tests.chart import (
     RELEASE,
     alert_rule_groups,
     api_resource,
+    apply,
     dynamic_client,
+    ensure_namespace,
     install_crds,
     kinds,
     require_helm,
@@ -109,6 +113,30 @@ class Helm:
         return done.stdout
 
 
+# A schemaless stand-in for prometheus-operator's Prometheus CRD (tests/fixtures/crds vendors only the
+# ServiceMonitor and PrometheusRule ones): NOTES.txt reads four selector fields of its spec, nothing else.
+PROMETHEUS_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "prometheuses.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "prometheuses", "singular": "prometheus", "kind": "Prometheus"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def add_prometheus(dyn: Any, name: str, namespace: str, *, release: str, namespace_selectors: bool = True) -> None:
+    """A Prometheus resource with kube-prometheus-stack's default selectors for a Helm release `release`."""
+    apply(dyn, PROMETHEUS_CRD, dry_run=False)
+    ensure_namespace(dyn, namespace)
+    spec: dict[str, Any] = {"serviceMonitorSelector": {"matchLabels": {"release": release}},
+                            "ruleSelector": {"matchLabels": {"release": release}}}
+    if namespace_selectors:
+        spec |= {"serviceMonitorNamespaceSelector": {}, "ruleNamespaceSelector": {}}
+    apply(dyn, {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}, dry_run=False)
+
+
 @pytest.mark.controlplane
 def test_install_without_the_operator_then_upgrade_once_its_crds_exist(
         helm: Path, make_control_plane: Callable[..., ControlPlane], tmp_path: Path) -> None:
@@ -141,12 +169,21 @@ def test_install_without_the_operator_then_upgrade_once_its_crds_exist(
                    "--dry-run=server")
         assert forced.returncode != 0 and 'no matches for kind "ServiceMonitor"' in forced.stderr, forced.stderr
 
-        # 2. The CRDs arrive (kube-prometheus-stack installed later): an upgrade with the same values adds both.
+        # 2. The CRDs arrive with a kube-prometheus-stack released as `kps` (its Prometheus selects release=kps):
+        # an upgrade with the same values adds both, and the notes say this Prometheus will not select them.
         install_crds(dyn)
+        add_prometheus(dyn, "kps-prometheus", NAMESPACE, release="kps")
+        add_prometheus(dyn, "elsewhere", "other", release="kube-prometheus-stack", namespace_selectors=False)
         notes = h.ok("upgrade", RELEASE, CHART, *release, "--reuse-values")
         assert "SKIPPED" not in notes, notes
         assert f"ServiceMonitor {RELEASE}: release=kube-prometheus-stack" in notes, notes
         assert SELECTOR_COMMAND in notes, notes
+        for kind in ("ServiceMonitor", "PrometheusRule"):
+            assert f"MISMATCH: monitoring/kps-prometheus selects {kind}s labelled release=kps and this one is not: " \
+                   "add --set serviceMonitor.additionalLabels.release=kps" in notes, notes
+            assert f"other/elsewhere selects this {kind} by its labels." in notes, notes
+        assert "MISMATCH: other/elsewhere has no serviceMonitorNamespaceSelector, so it looks in other only, and " \
+               "this ServiceMonitor is in monitoring." in notes, notes
         monitor, rule = stored("monitoring.coreos.com/v1", "ServiceMonitor"), stored(
             "monitoring.coreos.com/v1", "PrometheusRule")
         assert monitor is not None and rule is not None
@@ -155,9 +192,11 @@ def test_install_without_the_operator_then_upgrade_once_its_crds_exist(
         # What the apiserver stored (validated against the CRD's schema) is still exactly alerts/rules/.
         assert rule["spec"]["groups"] == alert_rule_groups()
 
-        # 3. What branch `monitoring` does for its end-to-end test: a shorter for: through the chart's values.
-        h.ok("upgrade", RELEASE, CHART, *release, "--reuse-values", "--set",
-             "prometheusRule.config.endpointsFor=30s", "--set", "serviceMonitor.additionalLabels.release=kps")
+        # 3. The fix the notes gave, and a shorter for: through the chart's values (as branch `monitoring` does).
+        notes = h.ok("upgrade", RELEASE, CHART, *release, "--reuse-values", "--set",
+                     "prometheusRule.config.endpointsFor=30s", "--set", "serviceMonitor.additionalLabels.release=kps")
+        for kind in ("ServiceMonitor", "PrometheusRule"):
+            assert f"monitoring/kps-prometheus selects this {kind} by its labels." in notes, notes
         rule = stored("monitoring.coreos.com/v1", "PrometheusRule")
         assert rule is not None and rule["metadata"]["labels"]["release"] == "kps"
         fors = {(r["alert"], r["for"]) for g in rule["spec"]["groups"] for r in g["rules"]

@@ -139,3 +139,36 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- end }}
 {{- toYaml (dict "groups" $groups) }}
 {{- end }}
+
+{{/*
+NOTES.txt: one line saying whether a Prometheus resource selects our ServiceMonitor or PrometheusRule, from its
+selector's matchLabels and its namespace selector (unset: its own namespace only; {}: every namespace), and the
+`--set` that fixes a mismatch. Called with a dict: prometheus, kind, selectorField, namespaceSelectorField,
+labels (the object's labels), namespace (ours), setPrefix (the value the labels come from).
+*/}}
+{{- define "awe.notes.selects" -}}
+{{- $p := .prometheus }}
+{{- $name := printf "%s/%s" $p.metadata.namespace $p.metadata.name }}
+{{- $spec := $p.spec | default dict }}
+{{- $selector := get $spec .selectorField }}
+{{- $fixes := list }}
+{{- if not $selector }}
+  {{ $name }} selects no {{ .kind }} (its {{ .selectorField }} is not set).
+{{- else if $selector.matchExpressions }}
+  {{ $name }}: its {{ .selectorField }} has matchExpressions; compare them with the labels above.
+{{- else }}
+{{- range $k, $v := ($selector.matchLabels | default dict) }}
+{{- if ne (toString (get $.labels $k)) (toString $v) }}
+{{- $fixes = append $fixes (printf "%s.%s=%s" $.setPrefix (replace "." "\\." $k) (toString $v)) }}
+{{- end }}
+{{- end }}
+{{- if $fixes }}
+  MISMATCH: {{ $name }} selects {{ .kind }}s labelled {{ range $k, $v := $selector.matchLabels }}{{ $k }}={{ $v }} {{ end }}and this one is not: add --set {{ join "," $fixes }}
+{{- else }}
+  {{ $name }} selects this {{ .kind }} by its labels.
+{{- end }}
+{{- end }}
+{{- if and $selector (not (hasKey $spec .namespaceSelectorField)) (ne $p.metadata.namespace .namespace) }}
+  MISMATCH: {{ $name }} has no {{ .namespaceSelectorField }}, so it looks in {{ $p.metadata.namespace }} only, and this {{ .kind }} is in {{ .namespace }}.
+{{- end }}
+{{- end }}
