@@ -93,7 +93,13 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- if not $files }}
 {{- fail "files/rules/ holds no rule file: run alerts/render.py (scripts/generate.sh)" }}
 {{- end }}
-{{- $config := .Values.prometheusRule.config | default dict }}
+{{- /* A setting the values lack takes its default from files/rule-defaults.yaml (alerts/render.py writes it):
+`helm upgrade --reuse-values` from a chart version without the setting brings no values.yaml default for it. */}}
+{{- /* Not sprig's merge: it would also replace a value set to "" or 0, which must be judged as given. */}}
+{{- $config := deepCopy (.Files.Get "files/rule-defaults.yaml" | fromYaml) }}
+{{- range $key, $value := (.Values.prometheusRule.config | default dict) }}
+{{- $_ := set $config $key $value }}
+{{- end }}
 {{- $known := list }}
 {{- range $path, $_ := $files }}
 {{- range regexFindAll "\\$\\{[A-Za-z0-9]+\\}" ($.Files.Get $path) -1 }}
@@ -103,7 +109,7 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- $known = $known | uniq | sortAlpha }}
 {{- range $key := $known }}
 {{- if not (hasKey $config $key) }}
-{{- fail (printf "prometheusRule.config.%s is not set: the rules need it (its default is in values.yaml)" $key) }}
+{{- fail (printf "prometheusRule.config.%s is not set and files/rule-defaults.yaml has no default: run alerts/render.py (scripts/generate.sh)" $key) }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := $config }}
