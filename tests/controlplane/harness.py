@@ -29,7 +29,6 @@ import concurrent.futures
 import contextlib
 import csv
 import ctypes
-import datetime as dt
 import http.client
 import io
 import ipaddress
@@ -54,10 +53,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+
+from exporter import pki
 
 from .netns import SUBNET as NETNS_SUBNET
 
@@ -109,128 +107,14 @@ def find_binaries(bin_dir: Path | None = None) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------------------------- #
-# PKI
+# PKI: exporter.pki's CertificateAuthority (the apiserver's serving certificate, webhook backends)
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    """A PEM certificate and its PEM private key."""
-
-    cert_pem: bytes
-    key_pem: bytes
-
-    def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
-        """Write ``stem.crt`` / ``stem.key`` (0600) and return their paths."""
-        directory.mkdir(parents=True, exist_ok=True)
-        crt, key = directory / f"{stem}.crt", directory / f"{stem}.key"
-        crt.write_bytes(self.cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(self.key_pem)
-        return crt, key
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-class CertificateAuthority:
-    """A throw-away CA (ECDSA P-256: fast to generate, accepted by Go and OpenSSL).
-
-    Used for the apiserver's serving cert and reusable by tests for webhook backends: put
-    :attr:`cert_pem` in a webhook's ``caBundle`` and serve a cert from :meth:`issue`.
-    """
-
-    def __init__(self, common_name: str = "awe-test-ca", days: int = 30) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self._name = name
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert_pem: bytes = self._cert.public_bytes(serialization.Encoding.PEM)
-        self.key_pem: bytes = _key_pem(self._key)
-
-    def issue(
-        self,
-        common_name: str,
-        dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[str] = (),
-        server: bool = True,
-        client: bool = False,
-        days: int = 30,
-    ) -> KeyPair:
-        """Issue a leaf certificate; SANs are what TLS clients (Go's crypto/tls) actually check."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        )
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self._name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
-        )
-        if usages:
-            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(self._key, hashes.SHA256())
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
-def service_account_keypair() -> KeyPair:
-    """RSA key pair for ``--service-account-{key,signing-key}-file`` (cert_pem holds the public key)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return KeyPair(pub, _key_pem(key))
+def write_service_account_keys(directory: Path) -> None:
+    """``sa.crt`` (the public key PEM) and ``sa.key`` for ``--service-account-{key,signing-key}-file``."""
+    key = pki.new_key("rsa")
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pki.write_pair(directory, "sa", public, pki.key_pem(key))
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -392,7 +276,7 @@ class ControlPlane:
         self._tokens: dict[str, StaticToken] = {
             ADMIN_USER: StaticToken(self.admin_token, ADMIN_USER, ADMIN_USER, ("system:masters",))
         }
-        self.ca = CertificateAuthority("awe-test-ca")
+        self.ca = pki.CertificateAuthority.create("awe-test-ca")
         self.data_dir: Path | None = None
         self.etcd_port = 0
         self.etcd_peer_port = 0
@@ -512,26 +396,19 @@ class ControlPlane:
 
     def _write_files(self) -> None:
         d = self._dir()
-        pki = d / "pki"
-        pki.mkdir()
-        (pki / "ca.crt").write_bytes(self.ca.cert_pem)
-        self.ca.issue(
-            "kube-apiserver",
-            dns_names=[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            ip_addresses=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)],
-        ).write(pki, "apiserver")
-        service_account_keypair().write(pki, "sa")  # sa.crt = public key PEM, sa.key = private key
+        pki_dir = d / "pki"
+        pki_dir.mkdir()
+        (pki_dir / "ca.crt").write_bytes(self.ca.cert_pem)
+        names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local", "127.0.0.1",
+                 str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)]
+        self.ca.issue(names, common_name="kube-apiserver").write(pki_dir, "apiserver")
+        write_service_account_keys(pki_dir)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for t in self._tokens.values():
             w.writerow([t.token, t.user, t.uid, *([",".join(t.groups)] if t.groups else [])])
-        tokens = pki / "tokens.csv"
+        tokens = pki_dir / "tokens.csv"
         tokens.touch(mode=0o600)
         tokens.write_text(buf.getvalue())
         self.egress_map_path.write_text("{}")
@@ -611,7 +488,7 @@ class ControlPlane:
 
     def _apiserver_argv(self) -> list[str]:
         d = self._dir()
-        pki = d / "pki"
+        pki_dir = d / "pki"
         issuer = "https://kubernetes.default.svc.cluster.local"
         argv = [
             str(self.apiserver_bin),
@@ -620,12 +497,12 @@ class ControlPlane:
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={d / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--token-auth-file={pki / 'tokens.csv'}",
-            f"--service-account-key-file={pki / 'sa.crt'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+            f"--client-ca-file={pki_dir / 'ca.crt'}",
+            f"--token-auth-file={pki_dir / 'tokens.csv'}",
+            f"--service-account-key-file={pki_dir / 'sa.crt'}",
+            f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
             f"--service-account-issuer={issuer}",
             f"--api-audiences={issuer}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",

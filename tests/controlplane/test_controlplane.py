@@ -142,7 +142,7 @@ def create_cm_until_seen(api: Any, namespace: str, seen: Callable[[str], bool], 
 
 @pytest.fixture
 def loopback_backend(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AdmissionWebhookBackend]:
-    cert, key = control_plane.ca.issue("loopback-webhook", ip_addresses=["127.0.0.1"]).write(tmp_path, "hook")
+    cert, key = control_plane.ca.issue(["127.0.0.1"], common_name="loopback-webhook").write(tmp_path, "hook")
     srv = AdmissionWebhookBackend("127.0.0.1", 0, cert, key).start()
     yield srv
     srv.stop()
@@ -233,7 +233,7 @@ def test_service_webhook_through_egress_proxy_into_netns(
 ) -> None:
     ns_ip, port = netns_host.address, 8443
     dns = f"hook.{namespace}.svc"
-    cert, key = control_plane.ca.issue(dns, dns_names=[dns]).write(tmp_path, "hook")
+    cert, key = control_plane.ca.issue([dns]).write(tmp_path, "hook")
     calls = tmp_path / "calls.jsonl"
     backend = netns_host.popen(
         webhook_backend_command(ns_ip, port, cert, key, calls_file=calls),
