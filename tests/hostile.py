@@ -1,7 +1,7 @@
 """Hostile peers for the fault-injection suite: backends that misbehave, a network path that can be frozen,
 and a fake Kubernetes API for the one case the real apiserver cannot serve (objects it refuses to store).
 
-Everything listens on 127.0.0.1, port 0. The handlers plug into `tests.servers.RawServer`; the big ones
+Everything listens on 127.0.0.1, port 0. The handlers plug into `exporter.backend.LoopbackServer`; the big ones
 (a 100 MB body, a 1 MB certificate) are produced lazily or once, never held twice.
 """
 
@@ -21,26 +21,19 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography import x509
 
+from exporter.backend import Handler, read_request
 from exporter.pki import CertificateAuthority, ServingCertificate
-from tests.servers import Handler
 
 T = TypeVar("T")
 MiB = 1024 * 1024
 
 
 # -- backends --------------------------------------------------------------------------------------------
-async def _read_request(reader: asyncio.StreamReader) -> None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            await reader.readexactly(int(line.split(b":", 1)[1]))
-
-
 def trickle(interval: float = 1.0) -> Handler:
     """Complete TLS, read the request, then answer one byte per `interval`, forever (a slowloris reply)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
         for i in range(10**6):
             writer.write(reply[i : i + 1] if i < len(reply) else b" ")
@@ -59,7 +52,7 @@ def huge_body(framing: str, size: int = 100 * MiB) -> Handler:
     block = b"x" * (64 * 1024)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         if framing == "content-length":
             head += f"Content-Length: {size}\r\n"
@@ -100,7 +93,7 @@ async def reset_mid_handshake(reader: asyncio.StreamReader, writer: asyncio.Stre
 
 async def close_after_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Complete TLS, read the request, send a 200's headers announcing a body, then hang up."""
-    await _read_request(reader)
+    await read_request(reader)
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
     await writer.drain()
     writer.close()

@@ -22,11 +22,9 @@ die with the test process even if it is SIGKILLed; a normal run stops them in or
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import concurrent.futures
-import contextlib
 import csv
 import ctypes
 import http.client
@@ -42,13 +40,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -56,6 +52,7 @@ from typing import IO, Any
 from cryptography.hazmat.primitives import serialization
 
 from exporter import pki
+from tests import netns_backend
 
 from .netns import SUBNET as NETNS_SUBNET
 
@@ -706,197 +703,8 @@ class ControlPlane:
 
 
 # --------------------------------------------------------------------------------------------- #
-# a minimal admission webhook backend (thread on loopback, or a process inside a network namespace)
+# webhook backends: exporter.backend.WebhookBackend, in-process (tests.servers.Threaded) or as a process
+# inside a network namespace (tests.netns_backend)
 
 
-class _ReviewHandler(BaseHTTPRequestHandler):
-    server: AdmissionWebhookBackend
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        self.request.settimeout(10)
-        super().setup()
-
-    def do_POST(self) -> None:
-        srv = self.server
-        try:
-            review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            req = review["request"]
-        except (ValueError, KeyError, TypeError):
-            self._send(400, b"bad AdmissionReview")
-            return
-        path, _, query = self.path.partition("?")
-        call = {
-            "path": path,
-            "query": query,
-            "uid": req.get("uid"),
-            "kind": (req.get("kind") or {}).get("kind"),
-            "operation": req.get("operation"),
-            "namespace": req.get("namespace"),
-            "name": req.get("name"),
-            "api_version": review.get("apiVersion"),
-        }
-        with srv.lock:
-            srv.calls.append(call)
-            if srv.calls_file:
-                with open(srv.calls_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(call) + "\n")
-        if srv.delay_s:
-            time.sleep(srv.delay_s)
-        if srv.http_status != 200:
-            self._send(srv.http_status, b"backend told to fail")
-            return
-        resp: dict[str, Any] = {"uid": req.get("uid"), "allowed": srv.allowed}
-        if not srv.allowed:
-            resp["status"] = {"code": 403, "message": srv.message}
-        out = {
-            "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
-            "kind": "AdmissionReview",
-            "response": resp,
-        }
-        self._send(200, json.dumps(out).encode(), "application/json")
-
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class AdmissionWebhookBackend(ThreadingHTTPServer):
-    """HTTPS server answering every AdmissionReview POST (any path) with ``allowed``.
-
-    Why here: every integration test needs a webhook the real apiserver can call. Knobs
-    (``allowed``, ``message``, ``delay_s``, ``http_status``) may be changed while it runs, to
-    produce rejections, timeouts and bad answers. ``calls`` records each review received.
-    """
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        cert_path: Path,
-        key_path: Path,
-        *,
-        allowed: bool = True,
-        message: str = "denied by test backend",
-        delay_s: float = 0.0,
-        http_status: int = 200,
-        calls_file: Path | None = None,
-    ) -> None:
-        super().__init__((host, port), _ReviewHandler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert_path), str(key_path))
-        # handshake lazily in the handler thread, so one stalled client cannot block accept()
-        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.allowed, self.message, self.delay_s, self.http_status = allowed, message, delay_s, http_status
-        self.calls_file = calls_file
-        self.calls: list[dict[str, Any]] = []
-        #: connection-level errors while answering (e.g. BrokenPipe after an apiserver timeout)
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet: the apiserver hanging up on a slow backend (timeouts) is an expected event."""
-        exc = sys.exc_info()[1]
-        with self.lock:
-            self.errors.append(repr(exc))
-
-    def start(self) -> AdmissionWebhookBackend:
-        """Serve in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Behave like a dead backend: stop accepting, close the listening socket (new connections
-        are refused) and cut the apiserver's kept-alive connections (or it would keep using them)."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(10)
-            self._thread = None
-        self.server_close()
-        with self.lock:
-            conns = list(self._conns)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-
-
-def webhook_backend_command(
-    host: str,
-    port: int,
-    cert_path: Path,
-    key_path: Path,
-    calls_file: Path | None = None,
-    allowed: bool = True,
-) -> list[str]:
-    """argv running :class:`AdmissionWebhookBackend` as a process (e.g. via NetNamespace.popen,
-    with ``cwd=REPO_ROOT``)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.controlplane.harness",
-        "webhook-backend",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--cert",
-        str(cert_path),
-        "--key",
-        str(key_path),
-    ]
-    if calls_file is not None:
-        argv += ["--calls-file", str(calls_file)]
-    if not allowed:
-        argv.append("--deny")
-    return argv
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m tests.controlplane.harness")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    wb = sub.add_parser("webhook-backend", help="serve AdmissionReviews over HTTPS until SIGTERM")
-    wb.add_argument("--host", required=True)
-    wb.add_argument("--port", type=int, required=True)
-    wb.add_argument("--cert", type=Path, required=True)
-    wb.add_argument("--key", type=Path, required=True)
-    wb.add_argument("--calls-file", type=Path)
-    wb.add_argument("--deny", action="store_true")
-    a = ap.parse_args(argv)
-    srv = AdmissionWebhookBackend(a.host, a.port, a.cert, a.key, allowed=not a.deny, calls_file=a.calls_file)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"webhook backend on https://{a.host}:{srv.port}", file=sys.stderr, flush=True)
-    try:
-        srv.serve_forever(poll_interval=0.2)
-    finally:
-        srv.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
+webhook_backend_command = netns_backend.command  # argv for NetNamespace.popen, with ``cwd=REPO_ROOT``
