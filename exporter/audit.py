@@ -27,6 +27,44 @@ import yaml
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .model import Inventory, LabelSelector, LabelSelectorRequirement, Rule, Webhook, WebhookKey
+from .resources import (
+    CERTIFICATE_SIGNING_REQUESTS,
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
+    CONFIG_MAPS,
+    CRON_JOBS,
+    DAEMON_SETS,
+    DEPLOYMENTS,
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    EVENTS,
+    INGRESSES,
+    IP_ADDRESSES,
+    JOBS,
+    LEASES,
+    LOCAL_SUBJECT_ACCESS_REVIEWS,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    NODES,
+    PERSISTENT_VOLUME_CLAIMS,
+    PERSISTENT_VOLUMES,
+    PODS,
+    REPLICA_SETS,
+    ROLE_BINDINGS,
+    ROLES,
+    SECRETS,
+    SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_REVIEWS,
+    SELF_SUBJECT_RULES_REVIEWS,
+    SERVICE_ACCOUNTS,
+    SERVICE_CIDRS,
+    SERVICES,
+    STATEFUL_SETS,
+    SUBJECT_ACCESS_REVIEWS,
+    TOKEN_REVIEWS,
+    Resource,
+    lookup,
+)
 from .targets import WebhookPlan, plan
 
 Severity = Literal["critical", "warning", "info"]
@@ -74,51 +112,16 @@ RULE_IDS: tuple[str, ...] = (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE, TIMEOUT
 
 
 # -- What the apiserver sends: resources, requests --------------------------------------------------------
-@dataclass(frozen=True)
-class ApiResource:
-    group: str
-    version: str
-    resource: str
-    kind: str
-    namespaced: bool
-
-
-def _res(group: str, resource: str, kind: str, namespaced: bool = True, version: str = "v1") -> ApiResource:
-    return ApiResource(group, version, resource, kind, namespaced)
-
-
-PODS = _res("", "pods", "Pod")
-NAMESPACES = _res("", "namespaces", "Namespace", False)
-NODES = _res("", "nodes", "Node", False)
-ENDPOINTS = _res("", "endpoints", "Endpoints")
-LEASES = _res("coordination.k8s.io", "leases", "Lease")
-ENDPOINT_SLICES = _res("discovery.k8s.io", "endpointslices", "EndpointSlice")
-SERVICE_CIDRS = _res("networking.k8s.io", "servicecidrs", "ServiceCIDR", False)
-IP_ADDRESSES = _res("networking.k8s.io", "ipaddresses", "IPAddress", False)
-WORKLOADS = (_res("apps", "deployments", "Deployment"), _res("apps", "replicasets", "ReplicaSet"),
-             _res("apps", "statefulsets", "StatefulSet"), _res("apps", "daemonsets", "DaemonSet"),
-             _res("batch", "jobs", "Job"), _res("batch", "cronjobs", "CronJob"))
-VIRTUAL = (_res("authentication.k8s.io", "tokenreviews", "TokenReview", False),
-           _res("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview", False),
-           _res("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview", False),
-           _res("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
-           _res("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview"),
-           _res("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False))
+WORKLOADS = (DEPLOYMENTS, REPLICA_SETS, STATEFUL_SETS, DAEMON_SETS, JOBS, CRON_JOBS)
+VIRTUAL = (TOKEN_REVIEWS, SELF_SUBJECT_REVIEWS, SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_ACCESS_REVIEWS,
+           LOCAL_SUBJECT_ACCESS_REVIEWS, SELF_SUBJECT_RULES_REVIEWS)
 # What kube-system's components and add-ons write there (CoreDNS, kube-proxy, leader election, CA publishing).
-KUBE_SYSTEM_KINDS = (PODS, *WORKLOADS[:4], _res("", "configmaps", "ConfigMap"), _res("", "secrets", "Secret"),
-                     _res("", "serviceaccounts", "ServiceAccount"), _res("", "services", "Service"),
-                     ENDPOINTS, ENDPOINT_SLICES, LEASES)
+KUBE_SYSTEM_KINDS = (PODS, *WORKLOADS[:4], CONFIG_MAPS, SECRETS, SERVICE_ACCOUNTS, SERVICES, ENDPOINTS,
+                     ENDPOINT_SLICES, LEASES)
 # Common kinds a wildcard rule also catches: the candidates of the timeout budget.
 CATALOGUE = (*KUBE_SYSTEM_KINDS, *WORKLOADS[4:], NAMESPACES, NODES, SERVICE_CIDRS, IP_ADDRESSES,
-             _res("", "persistentvolumeclaims", "PersistentVolumeClaim"),
-             _res("", "persistentvolumes", "PersistentVolume", False), _res("", "events", "Event"),
-             _res("networking.k8s.io", "ingresses", "Ingress"),
-             _res("networking.k8s.io", "networkpolicies", "NetworkPolicy"),
-             _res("rbac.authorization.k8s.io", "roles", "Role"),
-             _res("rbac.authorization.k8s.io", "rolebindings", "RoleBinding"),
-             _res("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", False),
-             _res("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", False),
-             _res("certificates.k8s.io", "certificatesigningrequests", "CertificateSigningRequest", False))
+             PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, EVENTS, INGRESSES, NETWORK_POLICIES, ROLES, ROLE_BINDINGS,
+             CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, CERTIFICATE_SIGNING_REQUESTS)
 # The apiserver never sends its own admission configuration to webhooks (IsExemptAdmissionConfigurationResource).
 EXEMPT_GROUP = "admissionregistration.k8s.io"
 
@@ -134,7 +137,7 @@ ADMIN = ("kubernetes-admin", ("system:authenticated", "system:masters"))
 class Request:
     """A synthetic admission request: the attributes the apiserver matches webhooks against."""
 
-    resource: ApiResource
+    resource: Resource
     operation: str
     namespace: str = ""  # "" for cluster-scoped objects; a Namespace's own name for namespaces
     name: str = "example"
@@ -143,24 +146,19 @@ class Request:
 
     @property
     def describe(self) -> str:
-        res = self.resource.resource + (f"/{self.subresource}" if self.subresource else "")
+        res = self.resource.plural + (f"/{self.subresource}" if self.subresource else "")
         where = f" in {self.namespace}" if self.namespace and self.resource != NAMESPACES else ""
         return f"{self.operation} {res}{where}"
 
 
-def resource_of(rule: Rule, resource: str) -> ApiResource | None:
+def resource_of(rule: Rule, resource: str) -> Resource | None:
     """A resource a rule names (a custom resource, usually), or None for wildcards and exempt kinds."""
     base = resource.partition("/")[0]
     groups = [g for g in rule.api_groups if g != "*"]
     if base == "*" or not groups or groups[0] == EXEMPT_GROUP:
         return None
-    known = next((r for r in CATALOGUE + VIRTUAL if r.resource == base and r.group == groups[0]), None)
-    if known is not None:
-        return known
     versions = [v for v in rule.api_versions if v != "*"]
-    singular = base[:-1] if base.endswith("s") else base
-    return ApiResource(groups[0], versions[0] if versions else "v1", base, singular[:1].upper() + singular[1:],
-                       rule.scope != "Cluster")
+    return lookup(groups[0], versions[0] if versions else "v1", base, namespaced=rule.scope != "Cluster")
 
 
 # -- Matching, as the apiserver does it --------------------------------------------------------------------
@@ -195,7 +193,7 @@ def rule_matches(rule: Rule, request: Request, *, equivalent: bool = True) -> bo
         return False
     if not equivalent and not ("*" in rule.api_versions or res.version in rule.api_versions):
         return False
-    if not any(_resource_matches(r, res.resource, request.subresource) for r in rule.resources):
+    if not any(_resource_matches(r, res.plural, request.subresource) for r in rule.resources):
         return False
     if rule.scope == "Namespaced":
         return res != NAMESPACES and bool(request.namespace)
@@ -317,7 +315,7 @@ def admission_variables(request: Request, inventory: Inventory) -> dict[str, Any
     obj = {"apiVersion": f"{res.group}/{res.version}" if res.group else res.version, "kind": res.kind,
            "metadata": metadata}
     gvk = {"group": res.group, "version": res.version, "kind": res.kind}
-    gvr = {"group": res.group, "version": res.version, "resource": res.resource}
+    gvr = {"group": res.group, "version": res.version, "resource": res.plural}
     username, groups = request.user
     body = {
         "uid": "00000000-0000-0000-0000-000000000000", "kind": gvk, "resource": gvr,
@@ -390,7 +388,7 @@ def _blocked(hook: Webhook, requests: Iterable[Request], ctx: AuditContext) -> t
 def _kinds(requests: Sequence[Request]) -> str:
     seen: dict[str, None] = {}
     for r in requests:
-        seen[r.resource.resource + (f"/{r.subresource}" if r.subresource else "")] = None
+        seen[r.resource.plural + (f"/{r.subresource}" if r.subresource else "")] = None
     return ", ".join(seen)
 
 
@@ -495,7 +493,7 @@ def bootstrap_condition(hits: Sequence[Request]) -> str:
     """A CEL matchCondition that lets exactly these kinds through (namespaced ones only where intercepted)."""
     terms: dict[tuple[str, str], list[str]] = {}
     for r in hits:
-        names = terms.setdefault((r.resource.group, r.resource.resource), [])
+        names = terms.setdefault((r.resource.group, r.resource.plural), [])
         if (r.resource.namespaced or r.resource == NAMESPACES) and r.namespace not in names:  # a Namespace: its name
             names.append(r.namespace)
     by_group: dict[tuple[str, tuple[str, ...]], list[str]] = {}
@@ -531,8 +529,8 @@ def rule_bootstrap(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
     if not hits:
         return
     wildcard = any(r.startswith("*") for rule in hook.rules for r in rule.resources)
-    kinds = {r.resource.resource for r in hits}
-    effects = list(dict.fromkeys(effect for resource, effect in BOOTSTRAP_EFFECTS if resource.resource in kinds))
+    kinds = {r.resource.plural for r in hits}
+    effects = list(dict.fromkeys(effect for resource, effect in BOOTSTRAP_EFFECTS if resource.plural in kinds))
     why = (f"failurePolicy Fail and it intercepts cluster bootstrap kinds ({_kinds(hits)})"
            + (" through a wildcard rule" if wildcard else "")
            + f"; while its backend is down {'; '.join(effects)}{note}")
@@ -580,8 +578,8 @@ def rule_side_effects(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
 
 def rule_virtual_resource(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
     """TokenReview/SubjectAccessReview are not stored: a webhook there sits in every delegated auth check."""
-    named = sorted({v.resource for rule in hook.rules for r in rule.resources for v in VIRTUAL
-                    if r.partition("/")[0] == v.resource and ("*" in rule.api_groups or v.group in rule.api_groups)})
+    named = sorted({v.plural for rule in hook.rules for r in rule.resources for v in VIRTUAL
+                    if r.partition("/")[0] == v.plural and ("*" in rule.api_groups or v.group in rule.api_groups)})
     if named:
         rules = [{"apiGroups": list(rule.api_groups), "apiVersions": list(rule.api_versions),
                   "operations": list(rule.operations),

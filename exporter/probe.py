@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import certs
+from . import certs, resources
 from .reasons import Reason
 from .targets import ReviewSpec, Target
 
@@ -187,26 +187,9 @@ def _chain_wording(reason: Reason, err: ssl.SSLCertVerificationError) -> str:
     return f"x509: {err.verify_message}"
 
 
-_KINDS = {
-    "pods": "Pod", "configmaps": "ConfigMap", "secrets": "Secret", "services": "Service",
-    "namespaces": "Namespace", "deployments": "Deployment", "statefulsets": "StatefulSet",
-    "daemonsets": "DaemonSet", "replicasets": "ReplicaSet", "jobs": "Job", "cronjobs": "CronJob",
-    "ingresses": "Ingress", "nodes": "Node", "endpoints": "Endpoints", "endpointslices": "EndpointSlice",
-    "ipaddresses": "IPAddress", "servicecidrs": "ServiceCIDR", "leases": "Lease",
-    "serviceaccounts": "ServiceAccount", "persistentvolumeclaims": "PersistentVolumeClaim",
-}
-
-
-def _kind_for(resource: str) -> str:
-    if resource in _KINDS:
-        return _KINDS[resource]
-    singular = resource[:-1] if resource.endswith("s") else resource
-    return singular[:1].upper() + singular[1:]
-
-
 def admission_review(spec: ReviewSpec, uid: str) -> dict[str, Any]:
     """A dry-run AdmissionReview for a throw-away object: nothing is stored, and side effects are off."""
-    kind = _kind_for(spec.resource)
+    kind = resources.kind_of(spec.resource)
     api_version = f"{spec.group}/{spec.api_version}" if spec.group else spec.api_version
     namespace = "default" if spec.namespaced else ""
     metadata: dict[str, Any] = {"name": "admission-webhook-exporter-probe",
