@@ -103,6 +103,9 @@ EXPIRED = _w(Reason.X509_EXPIRED, "x509_expired",
 NOT_VALID_FOR = _w(Reason.X509_HOSTNAME_MISMATCH, "x509_hostname_mismatch",
                    "x509: certificate is valid for {names}, not {host}",
                    r"x509: certificate is valid for")
+NO_IP_SANS = _w(Reason.X509_HOSTNAME_MISMATCH, "x509_hostname_mismatch",
+                "x509: cannot validate certificate for {host} because it doesn't contain any IP SANs",
+                r"x509: cannot validate certificate for")
 NO_NAMES = _w(Reason.X509_HOSTNAME_MISMATCH, "x509_hostname_mismatch",
               "x509: certificate is not valid for any names, but wanted to match {host}",
               r"x509: certificate is not valid for any names")
@@ -145,10 +148,10 @@ MALFORMED = _w(Reason.HTTP_ERROR, "http_error", "malformed HTTP response: {line}
 WORDINGS: tuple[Wording, ...] = (
     NO_ENDPOINTS, SERVICE_NOT_FOUND, PROXY_ERROR, BROKEN_PIPE, CONNECTION_LOST, TUNNEL, REFUSED, NO_ROUTE,
     NETWORK_UNREACHABLE, ADDRESS_UNAVAILABLE, RESET, DIAL_TIMEOUT, DEADLINE, CLIENT_TIMEOUT, IO_TIMEOUT,
-    AWAITING_HEADERS, NO_SUCH_HOST, MISBEHAVING, UNKNOWN_AUTHORITY, NOT_YET_VALID, EXPIRED, NOT_VALID_FOR, NO_NAMES,
-    LEGACY_COMMON_NAME, FIRST_RECORD, REMOTE_ERROR, TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR, WRONG_UID,
-    INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON, NOT_A_REVIEW, CLOSED_EARLY,
-    BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, LOOKUP,
+    AWAITING_HEADERS, NO_SUCH_HOST, MISBEHAVING, UNKNOWN_AUTHORITY, NOT_YET_VALID, EXPIRED, NOT_VALID_FOR, NO_IP_SANS,
+    NO_NAMES, LEGACY_COMMON_NAME, FIRST_RECORD, REMOTE_ERROR, TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR,
+    WRONG_UID, INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON, NOT_A_REVIEW,
+    CLOSED_EARLY, BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, LOOKUP,
 )
 _COMPILED = tuple((re.compile(w.pattern), w) for w in WORDINGS)
 

@@ -56,6 +56,9 @@ def test_docs_wordings_are_recognised_as_the_reason_they_are_listed_under() -> N
     # Go's errno words are lower-case, and any failed lookup is DNS, whatever the resolver said.
     ("dial tcp 10.244.1.7:8443: connect: cannot assign requested address", "unreachable", "unreachable"),
     ("dial tcp: lookup hooks.example.com: Temporary failure in name resolution", "dns", "dns"),
+    # Go's HostnameError for an IP the certificate has no IP SAN for (explain used not to know it).
+    ("tls: failed to verify certificate: x509: cannot validate certificate for 10.96.0.10 because it doesn't "
+     "contain any IP SANs", "x509_hostname_mismatch", "x509_hostname_mismatch"),
     # client-go's words for a backend's 503 are the backend's answer, not the egress tunnel's "code 503".
     ("the server responded with the status code 503 but did not return more information", "http_error",
      "http_error"),
