@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -237,7 +238,10 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 
 async def run_explain(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.text == "-" else args.text
+    try:
+        text = sys.stdin.read() if args.text == "-" else args.text
+    except UnicodeDecodeError as err:
+        raise UsageError(f"stdin is not {sys.stdin.encoding} text ({err.reason})") from err
     if not text.strip():
         raise UsageError("explain needs the error text: as an argument, or on stdin")
     inventory: Inventory | None = None
@@ -277,7 +281,9 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
         try:
             bound = await exporter.serve(host, port)
         except OSError as err:
-            raise UsageError(f"cannot listen on {show_address(host, port)}: {err.strerror or err}") from err
+            # asyncio's own text repeats the address as a Python tuple; the errno's wording is enough.
+            why = os.strerror(err.errno) if err.errno else str(err)
+            raise UsageError(f"cannot listen on {show_address(host, port)}: {why}") from err
         event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics")
         if on_ready is not None:
             await on_ready(bound)
