@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
-from exporter.app import Exporter
 from exporter.cli import load_inventory, main
 from exporter.pki import CertificateAuthority
 from tests import factories as f
@@ -174,13 +175,27 @@ def test_a_configuration_with_several_skipped_webhooks_is_one_invalid_object() -
     assert [w.key.name for w in inventory.webhooks] == ["ok.example.com"]
 
 
-async def test_invalid_objects_metric_counts_objects() -> None:
-    exporter = Exporter(interval=3600)
+async def test_invalid_objects_metric_counts_objects(tmp_path: Path) -> None:
+    """Through `serve` and /metrics, as Prometheus reads it: one configuration with three skipped webhooks."""
+    path = write(tmp_path / "m.yaml", every_webhook_invalid())
+    proc = await asyncio.create_subprocess_exec(*EXE, "serve", "--manifests", str(path), "--listen-address",
+                                                "127.0.0.1:0", stderr=asyncio.subprocess.PIPE,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        exporter.state.adopt(inventory_of(every_webhook_invalid()))
-        assert exporter.registry.get_sample_value(INVALID_OBJECTS) == 1
+        assert proc.stderr is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "exited before listening"
+            if m := re.search(r"event=listening address=127\.0\.0\.1:(\d+)", line):
+                break
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            text = await r.text()
+        assert re.search(rf"^{INVALID_OBJECTS} 1\.0$", text, re.M), [
+            line for line in text.splitlines() if INVALID_OBJECTS in line]
     finally:
-        await exporter.close()
+        proc.terminate()
+        await proc.wait()
 
 
 def test_a_configuration_defined_twice_is_used_whole_from_its_last_definition(tmp_path: Path) -> None:
