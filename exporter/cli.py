@@ -50,8 +50,6 @@ log = logging.getLogger("exporter")
 DEFAULT_PORT = 10047  # outside the fully allocated 9100-9999 exporter range; see README
 EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
-
-
 EXIT_INTERNAL = 3  # a bug: distinct from 1 (unhealthy) so a pipeline does not read a crash as a verdict
 
 
