@@ -19,12 +19,11 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import cel
 import cel.stdlib
 import yaml
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .model import Inventory, LabelSelector, LabelSelectorRequirement, Rule, Webhook, WebhookKey
 from .targets import WebhookPlan, plan
@@ -923,46 +922,3 @@ def to_json(findings: Sequence[Finding], *, webhooks: int) -> str:
     rows = [{"id": f.id, "severity": f.severity, **asdict(f.webhook), "why": f.why, "fix": f.fix} for f in findings]
     summary = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
     return json.dumps({"webhooks": webhooks, "summary": summary, "findings": rows}, indent=2)
-
-
-# -- The metric --------------------------------------------------------------------------------------------
-class AuditedState(Protocol):
-    """What the metric reads: the exporter's current inventory and plans (ExporterState has both)."""
-
-    @property
-    def inventory(self) -> Inventory: ...
-
-    @property
-    def plans(self) -> Sequence[WebhookPlan]: ...
-
-
-RISK_LABELS = ["configuration", "name", "type", "risk", "severity"]
-
-
-def risk_family(findings: Iterable[Finding]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily("admission_webhook_risk_info",
-                               "1 for each risk the configuration audit finds in a webhook (docs/audit.md).",
-                               labels=RISK_LABELS)
-    for f in findings:
-        family.add_metric([f.webhook.configuration, f.webhook.name, f.webhook.type, f.id, f.severity], 1)
-    return family
-
-
-def risk_metrics(state: AuditedState) -> Callable[[], Iterable[Metric]]:
-    """A collector source: the audit of the current inventory, recomputed only when the inventory changes.
-
-    Scrapes run in a worker thread while discovery swaps the inventory on the event loop; the cache holds one
-    immutable tuple, keyed by the identity of the inventory and plans it was computed from, so a scrape reads
-    either the old or the new audit, never a mix.
-    """
-    cache: list[tuple[Inventory, Sequence[WebhookPlan], tuple[Finding, ...]]] = []
-
-    def collect() -> Iterable[Metric]:
-        inventory, plans = state.inventory, state.plans
-        entry = cache[0] if cache else None
-        if entry is None or entry[0] is not inventory or entry[1] is not plans:
-            entry = (inventory, plans, audit(inventory, plans))
-            cache[:] = [entry]
-        return [risk_family(entry[2])]
-
-    return collect
