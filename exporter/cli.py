@@ -37,6 +37,7 @@ from .report import summarize, to_json, to_table
 from .scheduler import probe_once
 from .server import parse_listen_address
 from .targets import plan
+from .webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     sources(serve)
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=_positive_float, default=30.0, help="seconds between probes (30)")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
+                            "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
+    serve.add_argument("--health-listen-address", metavar="[HOST]:PORT",
+                       help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
+                            "kubelet's probes when --web.config.file requires a client certificate or credentials")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
@@ -197,7 +204,8 @@ async def run_explain(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float = 0.0,
-                               on_ready: Callable[[int], Awaitable[None]] | None = None) -> int:
+                               on_ready: Callable[[int], Awaitable[None]] | None = None,
+                               security: WebSecurity | None = None, health: tuple[str, int] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `duration`), then stop within a bounded time."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -206,10 +214,16 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
             loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            bound = await exporter.serve(host, port)
+            bound = await exporter.serve(host, port, security=security, health_host=health[0] if health else "",
+                                         health_port=health[1] if health else None)
         except OSError as err:
-            raise UsageError(f"cannot listen on {host or '*'}:{port}: {err.strerror or err}") from err
-        event(log, logging.INFO, "listening", address=f"{host or '0.0.0.0'}:{bound}", metrics="/metrics")
+            where = f"{host or '*'}:{port}" + (f" and {health[0] or '*'}:{health[1]}" if health else "")
+            raise UsageError(f"cannot listen on {where}: {err.strerror or err}") from err
+        event(log, logging.INFO, "listening", address=f"{host or '0.0.0.0'}:{bound}", metrics="/metrics",
+              tls=security is not None and security.ssl_context is not None)
+        if health is not None and exporter.server is not None:
+            event(log, logging.INFO, "listening_health", address=f"{health[0] or '0.0.0.0'}:"
+                  f"{exporter.server.health_port}", paths="/healthz,/readyz")
         if on_ready is not None:
             await on_ready(bound)
         with contextlib.suppress(TimeoutError):
@@ -222,18 +236,22 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
 
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen_address(args.listen_address)
+    health = (parse_listen_address(args.health_listen_address, "--health-listen-address")
+              if args.health_listen_address else None)
+    # Read and checked before anything starts: a bad file is one line and exit 2 (WebConfigError is a ValueError).
+    security = WebSecurity(Path(args.web_config_file)) if args.web_config_file else None
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
-        return await _serve_until_stopped(exporter, host, port)
+        return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = _discovery(args)
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
-    return await _serve_until_stopped(exporter, host, port)
+    return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
 async def run_demo(args: argparse.Namespace) -> int:

@@ -88,8 +88,10 @@ class CertificateAuthority:
         return cls(cert=cert, key=key)
 
     def issue(self, names: list[str], *, key_type: KeyType = "ecdsa", valid_from: dt.datetime | None = None,
-              valid_until: dt.datetime | None = None, common_name: str | None = None) -> ServingCertificate:
-        """A serving certificate for DNS names and IP addresses (as SANs), signed by this CA."""
+              valid_until: dt.datetime | None = None, common_name: str | None = None,
+              client: bool = False) -> ServingCertificate:
+        """A serving certificate for DNS names and IP addresses (as SANs), signed by this CA; with `client`, a
+        client certificate instead (extended key usage clientAuth, which a TLS server verifying it requires)."""
         key = _new_key(key_type)
         start, end = _window(valid_from, valid_until)
         sans = subject_alt_names(names)
@@ -99,7 +101,8 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                  else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if sans:
