@@ -112,7 +112,8 @@ class Answer:
         return x509.load_der_x509_certificate(self.peer).serial_number if self.peer else None
 
 
-async def get(url: str, *, tls: ssl.SSLContext | None = None, headers: dict[str, str] | None = None) -> Answer:
+async def get(url: str, *, tls: ssl.SSLContext | None = None, headers: dict[str, str] | None = None,
+              server_name: str | None = None) -> Answer:
     """One HTTP/1.1 request on a fresh connection (a new TLS handshake each time), read to the end; raises what
     the connection or the handshake was refused with. A plain client on purpose: it can tell which certificate,
     version and cipher the handshake ended with."""
@@ -120,7 +121,7 @@ async def get(url: str, *, tls: ssl.SSLContext | None = None, headers: dict[str,
     host, port = parts.hostname or "127.0.0.1", parts.port or 0
 
     async def exchange() -> Answer:
-        server_hostname = host if tls is not None else None
+        server_hostname = (server_name or host) if tls is not None else None
         reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=server_hostname)
         try:
             lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
