@@ -25,6 +25,7 @@ import yaml
 
 from exporter.webconfig import load, parse
 from tests.chart import (
+    CHART,
     NAMESPACE,
     apply,
     dynamic_client,
@@ -36,6 +37,9 @@ from tests.chart import (
     template,
     template_error,
 )
+from tests.controlplane.harness import ControlPlane
+from tests.helpers import uid
+from tests.test_chart_install import Helm
 from tests.webtls import TOKEN, Pki, bcrypt_hash, get, refused, serving, write_pem
 
 CHART_DIR = "/etc/admission-webhook-exporter"
@@ -166,8 +170,6 @@ def test_contradictions_fail_the_render(helm: Path, sets: tuple[str, ...], messa
 
 
 def test_lint_strict_with_web_config(helm: Path) -> None:
-    from tests.chart import CHART
-
     for sets in (",".join(SECURED) + ",serviceMonitor.force=true",
                  "webConfig.bearerToken.secretName=t,networkPolicy.enabled=true"):
         done = run([helm, "lint", "--strict", CHART, "--set", sets])
@@ -230,7 +232,8 @@ async def test_what_the_chart_renders_is_served_and_scraped_as_the_servicemonito
 
 
 @pytest.mark.controlplane
-def test_secured_objects_pass_server_side_dry_run(helm: Path, kube_api: Any, tmp_path: Path) -> None:
+def test_secured_objects_pass_server_side_dry_run_and_notes_say_how_to_scrape(
+        helm: Path, kube_api: Any, control_plane: ControlPlane, tmp_path: Path) -> None:
     from kubernetes.dynamic.exceptions import DynamicApiError
 
     dyn = dynamic_client(kube_api, tmp_path)
@@ -245,3 +248,11 @@ def test_secured_objects_pass_server_side_dry_run(helm: Path, kube_api: Any, tmp
             except DynamicApiError as err:
                 pytest.fail(f"{doc['kind']} refused: {err.status} {err.body!r}", pytrace=False)
     assert yaml.safe_load(web_config(docs))["basic_auth_users"]["p"].startswith("$2y$")
+
+    sets = [a for s in SECURED for a in ("--set", s)]
+    notes = Helm(helm, control_plane, tmp_path / "helm").ok("install", f"awe-{uid()}", CHART, "-n", NAMESPACE,
+                                                            "--dry-run=server", *sets)
+    assert "curl -s --cacert <the exporter's CA> --cert <client cert> --key <client key> https://localhost:10047" \
+           "/metrics -H \"Authorization: Bearer $(kubectl -n monitoring get secret awe-scrape-token -o jsonpath=" \
+           "'{.data.token}' | base64 -d)\"" in notes, notes
+    assert "the kubelet probes port 10048" in notes
