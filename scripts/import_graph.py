@@ -3,7 +3,8 @@
 The layers come from `.importlinter` (the contract `lint-imports` enforces); the arrows are the imports the
 code really makes (grimp, import-linter's own graph builder), between top-level modules (a subpackage counts
 as its top-level module). Only the part of the page between the markers is generated. `--check` exits 1 when
-the page is out of date (tests/test_docs.py runs it).
+the page is out of date (tests/test_docs.py runs it); 2 means the page or the contract is broken (no markers, a
+module without a layer).
 
 Usage: python scripts/import_graph.py [--check]
 """
@@ -88,7 +89,8 @@ def render(stack: list[list[str]], edges: dict[str, set[str]]) -> str:
 
 def page(current: str, graph: str) -> str:
     if BEGIN not in current or END not in current:
-        raise SystemExit(f"{PAGE}: the markers {BEGIN!r} ... {END!r} are missing")
+        print(f"{PAGE}: the markers {BEGIN!r} ... {END!r} are missing", file=sys.stderr)
+        raise SystemExit(2)
     head, rest = current.split(BEGIN, 1)
     return head + graph + rest.split(END, 1)[1]
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     unlisted = sorted(set(edges) - listed)
     if unlisted:
         print(f"modules missing from the contract's layers: {', '.join(unlisted)}", file=sys.stderr)
-        return 1
+        return 2
     current = PAGE.read_text()
     wanted = page(current, render(stack, edges))
     if args.check:
