@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from . import reasons
 from .reasons import Reason
 
 PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
@@ -135,13 +136,13 @@ def hostname_failure(cert: x509.Certificate, server_name: str) -> str | None:
         return None
     cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if san is None and cns and _matches(cns[-1], host):
-        return "x509: certificate relies on legacy Common Name field, use SANs instead"
+        return reasons.LEGACY_COMMON_NAME.format()
     if ip is not None and not ips:
-        return f"x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
+        return reasons.NO_IP_SANS.format(host=host)
     valid = ", ".join(str(a) for a in ips) if ip is not None else ", ".join(dns)
     if not valid:
-        return f"x509: certificate is not valid for any names, but wanted to match {host}"
-    return f"x509: certificate is valid for {valid}, not {host}"
+        return reasons.NO_NAMES.format(host=host)
+    return reasons.NOT_VALID_FOR.format(names=valid, host=host)
 
 
 # OpenSSL X509_V_ERR_* codes met when a chain fails against the caBundle roots.
