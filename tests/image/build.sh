@@ -109,7 +109,7 @@ context_hash() {  # the Dockerfile's build context (.dockerignore: pyproject.tom
     find exporter -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
   } | while IFS= read -r f; do printf '%s  %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"; done | sha256sum | cut -d' ' -f1)
 }
-base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=2"; }
+base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=3"; }
 image_want() { echo "image=$IMAGE base=$(base_want) context=$(context_hash)"; }
 pause_want() { echo "image=$PAUSE_IMAGE catatonit=$(sha256sum </usr/bin/catatonit | cut -d' ' -f1) recipe=1"; }
 fresh() {  # $1 = archive, $2 = wanted stamp
@@ -191,8 +191,11 @@ if [[ ! -s $BASE_TAR || ! -f $BASE_TAR.stamp || "$(<"$BASE_TAR.stamp")" != "$(ba
   echo "building the base rootfs with mmdebstrap ($SUITE, $BASE_PACKAGES) from: ${mirrors[*]}"
   t0=$(date +%s)
   rm -f "$BASE_TAR.stamp"
-  # Documentation, man pages and translations are never read in the image (copyright files stay).
+  # Documentation, man pages and translations are never read in the image (copyright files stay). Merged /usr
+  # by mmdebstrap's hook (usr-is-merged), as debootstrap does it, not by the usrmerge package, whose perl
+  # (47 MB) would otherwise stay in the image.
   timeout "$TIMEOUT" mmdebstrap --variant=minbase --mode=root --format=tar --include="$BASE_PACKAGES" \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
@@ -215,6 +218,11 @@ if ! podman image exists "$BASE_IMAGE" \
   printf 'FROM %s\nLABEL awe.base="%s"\n' "$tmp_tag" "$(base_want)" >"$WORK/Containerfile.base"
   podman build --pull=never -q -t "$BASE_IMAGE" -f "$WORK/Containerfile.base" "$WORK" >/dev/null
   podman rmi "$tmp_tag" >/dev/null 2>&1 || true
+  # A new base invalidates the cached build layers made on the old one: drop those (untagged, and carrying the old
+  # base's label) so the store does not grow. Only ours: other images in this store are left alone.
+  podman images -a -f dangling=true --format '{{.ID}} {{index .Labels "awe.base"}}' 2>/dev/null \
+    | awk -v want="$(base_want)" '{id = $1; $1 = ""; sub(/^ /, "")} $0 ~ /^suite=/ && $0 != want {print id}' \
+    | xargs -r /usr/bin/podman rmi -f >/dev/null 2>&1 || true
   echo "base image imported: $BASE_IMAGE"
 fi
 
