@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from exporter import audit as audit_module
+from exporter import resources
 from exporter.app import Exporter
 from exporter.audit import (
     BOOTSTRAP,
@@ -189,11 +190,10 @@ def test_label_selector_semantics(selector: LabelSelector, matches: bool) -> Non
     assert selector_matches(selector, LABELS) is matches
 
 
-POD = audit_module.PODS
-POD_STATUS = Request(POD, "UPDATE", "default", subresource="status")
-POD_CREATE = Request(POD, "CREATE", "default")
-NODE = Request(audit_module.NODES, "CREATE")
-NS = Request(audit_module.NAMESPACES, "CREATE", "team", "team")
+POD_STATUS = Request(resources.PODS, "UPDATE", "default", subresource="status")
+POD_CREATE = Request(resources.PODS, "CREATE", "default")
+NODE = Request(resources.NODES, "CREATE")
+NS = Request(resources.NAMESPACES, "CREATE", "team", "team")
 
 
 def rule(resources: list[str], scope: str = "*", operations: tuple[str, ...] = ("*",),

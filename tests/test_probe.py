@@ -11,7 +11,7 @@ import pytest
 from exporter.backend import Behaviour
 from exporter.pki import CertificateAuthority
 from exporter.probe import MAX_BODY_BYTES, admission_review, probe
-from exporter.reasons import Reason
+from exporter.reasons import Reason, recognise
 from exporter.targets import ReviewSpec
 from tests import factories as f
 from tests.conftest import Servers
@@ -29,7 +29,11 @@ def url_hook(port: int, ca_bundle: str, *, timeout: int = 2, side_effects: str =
 
 async def probe_config(config: dict[str, object]):  # type: ignore[no-untyped-def]
     (target,) = only_plan(config).targets
-    return await probe(target)
+    result = await probe(target)
+    if result.reason is not None:  # in words the one wording table recognises as that reason, as explain does
+        wording = recognise(result.detail)
+        assert wording is not None and wording.reason is result.reason, result.detail
+    return result
 
 
 async def test_healthy_validating_webhook(servers: Servers, ca: CertificateAuthority, loopback_cert) -> None:

@@ -18,7 +18,7 @@ role               policy    backend                                            
 "called by" is which ConfigMap creations in our namespace the kube-apiserver sends to the webhook
 (``traffic()``), scoped with the ``awe-e2e.example.com/route`` object label. Every webhook has a
 namespaceSelector matching only our namespace, so nothing else in the shared control plane is intercepted.
-``risky`` is what the configuration audit (exporter/audit.py) reports as ``fail_policy_long_timeout``, a real
+``risky`` is what the configuration audit (exporter/audit/) reports as ``fail_policy_long_timeout``, a real
 finding that costs nothing here: the audit decides what a webhook intercepts the way the apiserver does
 (namespaceSelector, objectSelector, matchConditions), so a webhook that intercepts nothing in practice cannot
 be flagged for matching kube-system, but a timeout above 15 s is flagged whatever the scope.
@@ -55,7 +55,7 @@ from tests.conftest import Servers
 from tests.kube import Kube
 
 ROUTE_LABEL = "awe-e2e.example.com/route"
-RISKY_TIMEOUT_S = 20  # > exporter/audit.py's LONG_TIMEOUT_SECONDS (15)
+RISKY_TIMEOUT_S = 20  # > exporter/audit/rules.py's LONG_TIMEOUT_SECONDS (15)
 EXPIRING_IN = dt.timedelta(days=3)
 PROBE_INTERVAL_S = 1.0
 NETNS_ADDRESS = "10.213.7.200"  # inside the netns /24 validation accepts; never ready, never dialled
