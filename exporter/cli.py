@@ -196,15 +196,15 @@ async def _credentials(args: argparse.Namespace) -> Credentials:
     return creds
 
 
-async def _discovery(args: argparse.Namespace, adopt: Callable[[Inventory], None]) -> Discovery:
-    return Discovery(KubeApi(await _credentials(args)), adopt)
+async def _discovery(args: argparse.Namespace) -> Discovery:
+    return Discovery(KubeApi(await _credentials(args)))
 
 
 async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
     """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
 
     A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
-    discovery = await _discovery(args, lambda _: None)
+    discovery = await _discovery(args)
     try:
         await discovery.start()
         synced = asyncio.ensure_future(discovery.wait_synced())
@@ -314,14 +314,13 @@ async def run_serve(args: argparse.Namespace) -> int:
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-        exporter.state.adopt(inventory)
+        exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port)
-    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-    discovery = await _discovery(args, exporter.state.adopt)
-    exporter.attach(discovery)
-    await discovery.start()
+    discovery = await _discovery(args)
+    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
+    await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
     return await _serve_until_stopped(exporter, host, port)
 
@@ -334,7 +333,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         demo = await start_demo(Path(tmp))  # a fresh temporary folder: nothing to create
         try:
             exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-            exporter.state.adopt(load_inventory([str(demo.folder)]))
+            exporter.adopt(load_inventory([str(demo.folder)]))
 
             async def show(bound: int) -> None:
                 await asyncio.wait_for(exporter.scheduler.wait_first_round(), 30)
@@ -343,7 +342,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                       f"Metrics:       http://{shown}/metrics\n"
                       f"Ready:         http://{shown}/readyz\n\n"
                       "First probe round (the table `admission-webhook-exporter check` prints):\n", flush=True)
-                print(to_table(summarize(exporter.state.plans, exporter.results.snapshot())), flush=True)
+                print(to_table(summarize(exporter.state.snapshot.plans, exporter.results.snapshot())), flush=True)
                 print("\nServing; Ctrl-C to stop.", flush=True)
 
             return await _serve_until_stopped(exporter, host, port, duration=args.duration, on_ready=show)

@@ -140,17 +140,15 @@ def _judge_leaf(leaf_der: bytes | None, target: Target, now: float) -> tuple[flo
         words = reasons.EXPIRED if validity is Reason.X509_EXPIRED else reasons.NOT_YET_VALID
         bound = expiry if validity is Reason.X509_EXPIRED else leaf.not_valid_before_utc.timestamp()
         return expiry, ProbeFailure(
-            validity, words.format(now=certs.utc_text(now), bound=certs.utc_text(bound)),
+            validity, words.format(now=certs.utc_text(now), bound=certs.utc_text(bound)), expiry,
         )
     mismatch = certs.hostname_failure(leaf, target.server_name)
     if mismatch is not None:
-        return expiry, ProbeFailure(Reason.X509_HOSTNAME_MISMATCH, mismatch)
+        return expiry, ProbeFailure(Reason.X509_HOSTNAME_MISMATCH, mismatch, expiry)
     return expiry, None
 
 
-async def _handshake(
-    target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> tuple[float | None, asyncio.StreamWriter]:
+async def _handshake(target: Target, writer: asyncio.StreamWriter) -> tuple[float | None, asyncio.StreamWriter]:
     try:
         await writer.start_tls(verifying_context(target.ca_pem), server_hostname=_server_hostname(target))
     except ssl.SSLCertVerificationError as err:
@@ -162,7 +160,6 @@ async def _handshake(
             leaf = None
         expiry, leaf_failure = _judge_leaf(leaf, target, time.time())
         if leaf_failure is not None:
-            leaf_failure.cert_not_after = expiry
             raise leaf_failure from err
         raise ProbeFailure(chain_reason, _chain_wording(chain_reason, err), expiry) from err
     except ssl.SSLError as err:
@@ -175,7 +172,6 @@ async def _handshake(
     leaf = ssl_object.getpeercert(binary_form=True) if ssl_object else None
     expiry, failure = _judge_leaf(leaf, target, time.time())
     if failure is not None:
-        failure.cert_not_after = expiry
         raise failure
     return expiry, writer
 
@@ -316,7 +312,7 @@ async def probe(target: Target) -> ProbeResult:
     try:
         async with asyncio.timeout(target.timeout_seconds):
             reader, writer = await _connect(target)
-            expiry, writer = await _handshake(target, reader, writer)
+            expiry, writer = await _handshake(target, writer)
             if target.review is not None:
                 status = await _post_review(target, target.review, reader, writer)
     except ProbeFailure as failure:

@@ -63,12 +63,10 @@ class MetricsServer:
     async def start(self) -> int:
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host or None, self._port)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound sockets only here
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
-        return self.port
+        await web.TCPSite(self._runner, self._host or None, self._port).start()
+        port: int = self._runner.addresses[0][1]  # (host, port, ...) of the first bound socket
+        self.port = port
+        return port
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from exporter.audit import risk_metrics
-from exporter.collector import WebhookCollector
+from exporter.app import Exporter
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
 from exporter.reasons import Reason
-from exporter.results import ResultStore
-from exporter.scheduler import ProbeStats
-from exporter.state import ExporterState
 
-DOC = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+REPO = Path(__file__).parent.parent
+DOC = (REPO / "docs" / "metrics.md").read_text()
 
 
 def documented_metrics() -> set[str]:
@@ -22,13 +21,13 @@ def documented_metrics() -> set[str]:
 
 
 def collected_metrics() -> set[str]:
-    state = ExporterState(scheduler=None, results=ResultStore(), stats=ProbeStats())
-    discovery = Discovery(KubeApi(Credentials("https://127.0.0.1:1", False, lambda: None)), state.adopt)
+    # A live exporter's families, discovery's included; nothing is started, so nothing is dialled.
+    discovery = Discovery(KubeApi(Credentials("https://127.0.0.1:1", False, lambda: None)))
     discovery.health.up["services/ns"] = True  # so the per-resource families have a sample
     discovery.health.last_event["services"] = 1.0
     discovery.api.requests[("watch", "services")] = 1
     names = set()
-    for family in WebhookCollector(state, extra=[discovery.metrics, risk_metrics(state)]).collect():
+    for family in Exporter(discovery=discovery).registry.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 
@@ -44,3 +43,9 @@ def test_reason_table_is_exactly_the_closed_set() -> None:
     section = DOC.split("Failure `reason` values")[1].split("## ")[0]
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \| ", section, re.M))
     assert documented == {r.value for r in Reason}
+
+
+def test_import_graph_page_is_drawn_from_the_current_contract_and_code() -> None:
+    check = subprocess.run([sys.executable, str(REPO / "scripts" / "import_graph.py"), "--check"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
