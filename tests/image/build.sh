@@ -7,7 +7,7 @@
 # $AWE_CACHE/containers; /etc/containers and the system's image store are never read or written):
 #   1. localhost/awe-python:3.11-bookworm: Debian bookworm (minbase) with Debian's python3 (3.11), python3-venv,
 #      python-is-python3 and ca-certificates, made by mmdebstrap from the Debian mirror apt uses here. The
-#      rootfs tar is cached as $AWE_CACHE/images/awe-python-3.11-bookworm.rootfs.tar and `podman import`ed.
+#      rootfs tar is cached as $AWE_CACHE/images/awe-python-3.11-bookworm.r<recipe>.rootfs.tar and `podman import`ed.
 #   2. ghcr.io/admission-webhook-exporter/admission-webhook-exporter:<chart appVersion>: the project's Dockerfile
 #      with --build-arg PYTHON_IMAGE=localhost/awe-python:3.11-bookworm (the Dockerfile's default stays the
 #      official python image for users). pip inside the build reaches PyPI with the host's trust store and pip
@@ -44,7 +44,10 @@ PODMAN_RUN=/run/awe-podman-$(printf %s "$PODMAN_HOME" | sha256sum | cut -c1-8)
 TIMEOUT=${AWE_IMAGE_TIMEOUT:-1800}
 SUITE=bookworm
 BASE_IMAGE=localhost/awe-python:3.11-$SUITE
-BASE_TAR=$IMAGES/awe-python-3.11-$SUITE.rootfs.tar
+BASE_RECIPE=3  # bump when the mmdebstrap command below changes
+# The recipe is in the file name: worktrees on older versions of this script share the cache, and must not
+# rebuild the base (minutes) back and forth over one file.
+BASE_TAR=$IMAGES/awe-python-3.11-$SUITE.r$BASE_RECIPE.rootfs.tar
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
@@ -109,7 +112,7 @@ context_hash() {  # the Dockerfile's build context (.dockerignore: pyproject.tom
     find exporter -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
   } | while IFS= read -r f; do printf '%s  %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"; done | sha256sum | cut -d' ' -f1)
 }
-base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=3"; }
+base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=$BASE_RECIPE"; }
 image_want() { echo "image=$IMAGE base=$(base_want) context=$(context_hash)"; }
 pause_want() { echo "image=$PAUSE_IMAGE catatonit=$(sha256sum </usr/bin/catatonit | cut -d' ' -f1) recipe=1"; }
 fresh() {  # $1 = archive, $2 = wanted stamp
