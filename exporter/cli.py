@@ -45,6 +45,7 @@ from .report import Gate, check_failures, inventory_failures, skip_messages, sum
 from .scheduler import probe_once
 from .server import parse_listen_address
 from .targets import format_endpoint, plan
+from .webconfig import WebConfigError, WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
+                            "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
+    serve.add_argument("--health-listen-address", metavar="[HOST]:PORT",
+                       help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
+                            "kubelet's probes when --web.config.file requires a client certificate or credentials")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
@@ -271,9 +278,9 @@ async def run_explain(args: argparse.Namespace) -> int:
     return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
 
 
-def _listen_address(value: str) -> tuple[str, int]:
+def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
     try:
-        return parse_listen_address(value)
+        return parse_listen_address(value, flag)
     except ValueError as err:  # its message names the flag and the value
         raise UsageError(str(err)) from err
 
@@ -284,7 +291,8 @@ def show_address(host: str, port: int) -> str:
 
 
 async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float | None = None,
-                               on_ready: Callable[[int], Awaitable[None]] | None = None) -> int:
+                               on_ready: Callable[[int], Awaitable[None]] | None = None,
+                               security: WebSecurity | None = None, health: tuple[str, int] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `duration` seconds), then stop within a bounded time."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -293,12 +301,18 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
             loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            bound = await exporter.serve(host, port)
+            bound = await exporter.serve(host, port, security=security, health_host=health[0] if health else "",
+                                         health_port=health[1] if health else None)
         except OSError as err:
             # asyncio's own text repeats the address as a Python tuple; the errno's wording is enough.
             why = os.strerror(err.errno) if err.errno else str(err)
-            raise UsageError(f"cannot listen on {show_address(host, port)}: {why}") from err
-        event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics")
+            where = show_address(host, port) + (f" and {show_address(*health)}" if health else "")
+            raise UsageError(f"cannot listen on {where}: {why}") from err
+        event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics",
+              tls=security is not None and security.ssl_context is not None)
+        if health is not None and exporter.server is not None and exporter.server.health_port is not None:
+            event(log, logging.INFO, "listening_health", address=show_address(health[0], exporter.server.health_port),
+                  paths="/healthz,/readyz")
         if on_ready is not None:
             await on_ready(bound)
         with contextlib.suppress(TimeoutError):
@@ -311,18 +325,24 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
 
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen_address)
+    health = (_listen_address(args.health_listen_address, "--health-listen-address")
+              if args.health_listen_address else None)
+    try:  # read and checked before anything starts: a bad file is one line and exit 2
+        security = WebSecurity(Path(args.web_config_file)) if args.web_config_file else None
+    except WebConfigError as err:
+        raise UsageError(str(err)) from err
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
-        return await _serve_until_stopped(exporter, host, port)
+        return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = await _discovery(args)
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
-    return await _serve_until_stopped(exporter, host, port)
+    return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
 async def run_demo(args: argparse.Namespace) -> int:
