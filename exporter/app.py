@@ -5,28 +5,36 @@ comes either from the caller (`adopt`, e.g. manifest files) or from a live `Disc
 and started by `start()`. Every adopted inventory becomes a snapshot (`exporter.state`); the exporter hands
 its plans to the scheduler, and audits it in the background: one audit at a time, on a worker thread, always
 of the latest snapshot (a burst of inventories costs one audit, not one each), so neither the event loop nor
-a scrape waits on it.
+a scrape waits on it. An audit costs seconds of CPU at a few thousand webhooks, and in a live cluster every
+EndpointSlice change is a new inventory: so under churn audits are throttled, the next starting no sooner
+than `audit_interval` seconds after the last ended (the first at once), and scrapes serve the last findings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from prometheus_client import CollectorRegistry
 
 from .audit import audit
 from .collector import ExporterCollector, Scrape
 from .discovery import Discovery
+from .exposition import render
 from .model import Inventory
 from .probe import probe
 from .results import ResultStore
-from .scheduler import ProbeFn, ProbeScheduler
+from .scheduler import Clock, ProbeFn, ProbeScheduler, Sleep
 from .server import MetricsServer
 from .state import ExporterState
 from .webconfig import WebSecurity
 
 log = logging.getLogger("exporter.app")
+
+# At 2,000 webhooks an audit takes 5-15 s of CPU (bench/audit_cost.py): a minute's rest after each bounds it to
+# a fraction of a core under constant churn, and a risk still shows within about a minute of the change.
+AUDIT_INTERVAL_SECONDS = 60.0
 
 
 class Exporter:
@@ -38,32 +46,45 @@ class Exporter:
         jitter: float = 0.1,
         probe_fn: ProbeFn | None = None,
         discovery: Discovery | None = None,
+        audit_interval: float = AUDIT_INTERVAL_SECONDS,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.state = ExporterState()
-        self.results = ResultStore()
+        self.collector = ExporterCollector(self.scrape)
+        self.results = ResultStore(on_put=self.collector.result_changed)
         self.scheduler = ProbeScheduler(results=self.results, probe_fn=probe_fn or probe, concurrency=concurrency,
                                         interval=interval, jitter=jitter)
         self.discovery = discovery
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
-        self.registry.register(ExporterCollector(self.scrape))
+        self.registry.register(self.collector)
+        self._also_exposed: list[WebSecurity] = []  # registered after ours, rendered after ours
         self.server: MetricsServer | None = None
+        self._audit_interval = audit_interval
+        self._clock = clock
+        self._sleep = sleep
         self._audit_wanted = asyncio.Event()
         self._audited = asyncio.Event()
         self._audited.set()  # the empty snapshot has nothing to audit
         self._auditor: asyncio.Task[None] | None = None
+        self.audits = 0  # audits run: a test reads how the throttle folded a burst of inventories
 
     def adopt(self, inventory: Inventory) -> None:
-        """A new inventory: a new snapshot, its plans to the scheduler, its audit queued."""
+        """A new inventory: a new snapshot, its plans to the scheduler and its text rendered, its audit queued."""
         snapshot = self.state.adopt(inventory)
         self.scheduler.update(snapshot.plans)
+        self.collector.prepare(snapshot.plans, self.results.snapshot())
         self._audited.clear()
         self._audit_wanted.set()
         if self._auditor is None:
             self._auditor = asyncio.create_task(self._audit_latest(), name="audit")
 
     async def _audit_latest(self) -> None:
+        ended: float | None = None
         while True:
             await self._audit_wanted.wait()
+            if ended is not None and (rest := ended + self._audit_interval - self._clock()) > 0:
+                await self._sleep(rest)  # inventories adopted meanwhile fold into the one audit below
             self._audit_wanted.clear()
             snapshot = self.state.snapshot
             try:
@@ -71,6 +92,9 @@ class Exporter:
             except Exception:  # a bug in a rule must not stop auditing; the last findings stay in force
                 log.exception("audit_failed")
                 continue
+            finally:
+                ended = self._clock()
+                self.audits += 1
             if not self.state.publish_findings(snapshot, findings).audit_pending:
                 self._audited.set()
 
@@ -97,9 +121,14 @@ class Exporter:
         """Serve /metrics; `security` (a --web.config.file) adds TLS and authentication, and its reload metrics."""
         if security is not None:
             self.registry.register(security)
+            self._also_exposed.append(security)
         self.server = MetricsServer(self.registry, ready=self.ready, host=host, port=port, security=security,
-                                    health_host=health_host, health_port=health_port)
+                                    health_host=health_host, health_port=health_port, text=self.text)
         return await self.server.start()
+
+    def text(self) -> bytes:
+        """The registry in the classic text format: the collector's text kept ready, then the other collectors."""
+        return b"".join([self.collector.text(), *(render(c.collect()) for c in self._also_exposed)])
 
     async def close(self) -> None:
         if self.server is not None:

@@ -30,8 +30,12 @@ LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
 
 class MetricsServer:
     def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool], host: str = "", port: int = 0,
-                 security: WebSecurity | None = None, health_host: str = "", health_port: int | None = None):
+                 security: WebSecurity | None = None, health_host: str = "", health_port: int | None = None,
+                 text: Callable[[], bytes] | None = None):
+        """`text` renders the registry in the classic text format faster than rendering its families (the
+        exporter keeps its text ready); without it the registry's families are rendered at each scrape."""
         self._registry = registry
+        self._text = text
         self._ready = ready
         self._host = host
         self._port = port
@@ -61,7 +65,8 @@ class MetricsServer:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         render: Callable[[], bytes] = partial(encoder, self._registry)
         if content_type.startswith("text/plain"):  # the classic format: our fast renderer
-            render, content_type = partial(exposition.render, self._registry.collect()), exposition.CONTENT_TYPE
+            render = self._text or partial(exposition.render, self._registry.collect())
+            content_type = exposition.CONTENT_TYPE
         body = await asyncio.get_running_loop().run_in_executor(None, render)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type

@@ -15,6 +15,7 @@ threads need no lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -38,8 +39,8 @@ class Snapshot:
     def audit_pending(self) -> bool:
         return self.audited < self.generation
 
-    @property
-    def target_count(self) -> int:
+    @functools.cached_property
+    def target_count(self) -> int:  # read at every scrape: counted once
         return sum(len(p.targets) for p in self.plans)
 
 

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 
 from exporter.app import Exporter
 from exporter.backend import Behaviour
+from exporter.exposition import render
 from exporter.pki import CertificateAuthority
 from exporter.reasons import Reason
 from tests import factories as f
@@ -83,6 +84,7 @@ async def test_metrics_for_healthy_failing_and_endpointless_webhooks(servers: Se
 
         text = generate_latest(reg).decode()
         assert "_created" not in text
+        assert exporter.text() == render(reg.collect())  # what /metrics serves: the text kept ready
         assert re.search(r'^admission_webhook_exporter_build_info\{python_version="[\d.]+",version="0\.1\.0"\} 1\.0$',
                          text, re.M)
     finally:
