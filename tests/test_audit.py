@@ -46,6 +46,7 @@ from exporter.probe import ProbeResult
 from exporter.reasons import Reason
 from exporter.targets import Target
 from tests import factories as f
+from tests.helpers import ManualClock, eventually
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
 DOCS = Path(__file__).parent.parent / "docs" / "audit.md"
@@ -232,7 +233,7 @@ async def unreachable(target: Target) -> ProbeResult:
 
 
 async def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
-    exporter = Exporter(probe_fn=unreachable)
+    exporter = Exporter(probe_fn=unreachable, audit_interval=0)  # the throttle has a test of its own, below
     calls: list[Inventory] = []
     real = app_module.audit
 
@@ -253,6 +254,43 @@ async def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: py
         await exporter.wait_audited()
         assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
         assert len(calls) == 2
+    finally:
+        await exporter.close()
+
+
+async def test_audits_under_churn_are_throttled_and_scrapes_serve_the_last_findings() -> None:
+    """A burst of inventories within the interval costs one audit, of the latest, when the interval is over;
+    until then every scrape answers at once with the findings in force. The exporter's clock is a ManualClock."""
+    clock = ManualClock()
+    exporter = Exporter(probe_fn=unreachable, audit_interval=60, clock=clock.now, sleep=clock.sleep)
+    cycle = load_inventory([str(FIXTURES / "cycle.yaml")])
+    other = load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")])
+    labels = {"configuration": "mesh-sidecar", "name": "inject.mesh.example.com", "type": "admit", "risk": CYCLE,
+              "severity": "critical"}
+
+    def risk() -> float | None:
+        return exporter.registry.get_sample_value("admission_webhook_risk_info", labels)
+
+    try:
+        exporter.adopt(cycle)  # the first audit runs at once
+        await exporter.wait_audited()
+        assert exporter.audits == 1 and risk() == 1
+        for _ in range(4):  # churn: four inventories in a row (as EndpointSlice changes make them)
+            exporter.adopt(load_inventory([str(FIXTURES / "cycle.yaml")]))
+        await eventually(lambda: clock.sleeping == 1, 10, "the auditor resting")
+        assert clock.requested == [60]
+        snapshot = exporter.state.snapshot
+        assert snapshot.audit_pending and exporter.audits == 1
+        assert risk() == 1  # the findings of the first audit, for the webhooks the new inventory still has
+        assert "admission_webhook_risk_info{" in exporter.text().decode()
+        clock.advance(59)
+        await asyncio.sleep(0.05)
+        assert exporter.audits == 1 and exporter.state.snapshot.audit_pending
+        exporter.adopt(other)  # the latest, adopted while the auditor rests: the one audited
+        clock.advance(1)
+        await exporter.wait_audited()
+        assert exporter.audits == 2 and risk() is None  # one audit for five inventories
+        assert exporter.state.snapshot.audited == exporter.state.snapshot.generation
     finally:
         await exporter.close()
 
