@@ -7,7 +7,8 @@ its plans to the scheduler, and audits it in the background: one audit at a time
 of the latest snapshot (a burst of inventories costs one audit, not one each), so neither the event loop nor
 a scrape waits on it. An audit costs seconds of CPU at a few thousand webhooks, and in a live cluster every
 EndpointSlice change is a new inventory: so under churn audits are throttled, the next starting no sooner
-than `audit_interval` seconds after the last ended (the first at once), and scrapes serve the last findings.
+than `audit_interval` seconds after the last ended (the first at once, and those of a discovery still
+listing do not count), and scrapes serve the last findings.
 """
 
 from __future__ import annotations
@@ -87,13 +88,15 @@ class Exporter:
                 await self._sleep(rest)  # inventories adopted meanwhile fold into the one audit below
             self._audit_wanted.clear()
             snapshot = self.state.snapshot
+            # An inventory from watches still listing is partial: its audit must not hold back the next.
+            complete = self.discovery is None or self.discovery.synced
             try:
                 findings = await asyncio.to_thread(audit, snapshot.inventory, snapshot.plans)
             except Exception:  # a bug in a rule must not stop auditing; the last findings stay in force
                 log.exception("audit_failed")
                 continue
             finally:
-                ended = self._clock()
+                ended = self._clock() if complete else None
                 self.audits += 1
             if not self.state.publish_findings(snapshot, findings).audit_pending:
                 self._audited.set()
