@@ -10,7 +10,6 @@ prints its traceback and exits 3.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -24,28 +23,20 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .app import Exporter
-from .audit import SEVERITIES, at_or_above, audit
-from .audit import to_json as audit_json
-from .audit import to_text as audit_text
-from .discovery import Discovery
-from .explain import explain, probe_verdicts
-from .explain import to_json as explain_json
-from .explain import to_text as explain_text
-from .inventory import build_inventory
-from .kubeapi import KubeApi
-from .kubeconfig import Credentials, KubeconfigError, load_credentials
 from .log import configure, event
-from .manifests import ManifestError, load_manifests
-from .model import Inventory
-from .report import Gate, check_failures, inventory_failures, skip_messages, summarize, to_json, to_table
-from .scheduler import probe_once
-from .server import parse_listen_address
-from .targets import format_endpoint, plan
-from .webconfig import WebConfigError, WebSecurity
+from .model import SEVERITIES, Inventory
+
+# Each command imports what it uses when it runs (`--help`, `explain` and `audit` of a file start in a fraction
+# of the time the exporter's server, prober and watches take to import), so these are for annotations only.
+if TYPE_CHECKING:
+    from .app import Exporter
+    from .discovery import Discovery
+    from .kubeconfig import Credentials
+    from .report import Gate
+    from .webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -172,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_inventory(paths: Sequence[str]) -> Inventory:
+    from .inventory import build_inventory
+    from .manifests import load_manifests
+
     objects, unusable = load_manifests(paths)
     inventory = build_inventory(objects)
     if unusable:
@@ -182,12 +176,16 @@ def load_inventory(paths: Sequence[str]) -> Inventory:
 
 
 def _report_invalid(inventory: Inventory) -> None:
+    from .report import skip_messages
+
     for line in skip_messages(inventory.invalid):
         print(line, file=sys.stderr)
 
 
 def _gate(args: argparse.Namespace, inventory: Inventory, failures: Sequence[str]) -> Gate:
     """The gate of `check`/`audit`: the inventory's own failures (said on stderr) and the command's."""
+    from .report import Gate, inventory_failures
+
     source = "the cluster" if not args.manifests else f"--manifests {' '.join(args.manifests)}"
     own = inventory_failures(inventory, source=source, allow_empty=args.allow_empty)
     for failure in own:
@@ -198,12 +196,19 @@ def _gate(args: argparse.Namespace, inventory: Inventory, failures: Sequence[str
 async def _credentials(args: argparse.Namespace) -> Credentials:
     """Loaded and used once up front: a kubeconfig problem, or an exec plugin or token file that fails, is one
     line and exit 2 at start, not a watch retried forever."""
+    import asyncio
+
+    from .kubeconfig import load_credentials
+
     creds = load_credentials(args.kubeconfig, args.context)
     await asyncio.to_thread(creds.token)
     return creds
 
 
 async def _discovery(args: argparse.Namespace) -> Discovery:
+    from .discovery import Discovery
+    from .kubeapi import KubeApi
+
     return Discovery(KubeApi(await _credentials(args)))
 
 
@@ -211,6 +216,8 @@ async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Invent
     """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
 
     A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
+    import asyncio
+
     discovery = await _discovery(args)
     try:
         await discovery.start()
@@ -233,6 +240,10 @@ async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Invent
 
 
 async def run_check(args: argparse.Namespace) -> int:
+    from .report import check_failures, summarize, to_json, to_table
+    from .scheduler import probe_once
+    from .targets import plan
+
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     plans = plan(inventory)
@@ -244,6 +255,11 @@ async def run_check(args: argparse.Namespace) -> int:
 
 
 async def run_audit(args: argparse.Namespace) -> int:
+    from .audit import at_or_above, audit
+    from .audit import to_json as audit_json
+    from .audit import to_text as audit_text
+    from .targets import plan
+
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     findings = audit(inventory, plan(inventory))
@@ -259,6 +275,10 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 
 async def run_explain(args: argparse.Namespace) -> int:
+    from .explain import explain, probe_verdicts
+    from .explain import to_json as explain_json
+    from .explain import to_text as explain_text
+
     try:
         text = sys.stdin.read() if args.text == "-" else args.text
     except UnicodeDecodeError as err:
@@ -279,6 +299,8 @@ async def run_explain(args: argparse.Namespace) -> int:
 
 
 def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
+    from .server import parse_listen_address
+
     try:
         return parse_listen_address(value, flag)
     except ValueError as err:  # its message names the flag and the value
@@ -287,6 +309,8 @@ def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, in
 
 def show_address(host: str, port: int) -> str:
     """`host:port` as the flag takes it back: `[::1]:port` for IPv6, `:port` for every interface."""
+    from .targets import format_endpoint
+
     return f":{port}" if not host else format_endpoint(host, port)
 
 
@@ -294,6 +318,8 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
                                on_ready: Callable[[int], Awaitable[None]] | None = None,
                                security: WebSecurity | None = None, health: tuple[str, int] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `duration` seconds), then stop within a bounded time."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -324,6 +350,9 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
 
 
 async def run_serve(args: argparse.Namespace) -> int:
+    from .app import Exporter
+    from .webconfig import WebConfigError, WebSecurity
+
     host, port = _listen_address(args.listen_address)
     health = (_listen_address(args.health_listen_address, "--health-listen-address")
               if args.health_listen_address else None)
@@ -346,7 +375,12 @@ async def run_serve(args: argparse.Namespace) -> int:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .app import Exporter
     from .demo import start_demo
+    from .report import summarize, to_table
+    from .targets import format_endpoint
 
     host, port = _listen_address(args.listen_address)
     with tempfile.TemporaryDirectory(prefix="awe-demo-") as tmp:
@@ -370,6 +404,14 @@ async def run_demo(args: argparse.Namespace) -> int:
             await demo.stop()
 
 
+def _usage_error(err: Exception) -> bool:
+    """Bad input: ours, or an unusable manifest or kubeconfig (their modules load here, on this path only)."""
+    from .kubeconfig import KubeconfigError
+    from .manifests import ManifestError
+
+    return isinstance(err, (UsageError, ManifestError, KubeconfigError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -378,13 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure(args.log_level, args.log_format)
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
                   "explain": run_explain}[args.command]
+        import asyncio  # after the parser: `--help` and a usage error exit without it
+
         return asyncio.run(runner(args))
-    except (UsageError, ManifestError, KubeconfigError) as err:
-        print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except Exception as err:  # anything else is a bug: show it as one, never as a usage error
+    except Exception as err:
+        if _usage_error(err):
+            print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        # anything else is a bug: show it as one, never as a usage error
         traceback.print_exc()
         print(f"admission-webhook-exporter: internal error: {type(err).__name__}: {err} "
               "(a bug: please report it with the traceback above)", file=sys.stderr)

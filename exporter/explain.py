@@ -14,14 +14,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from .model import Inventory, Webhook, WebhookKey
 from .reasons import recognise
-from .report import WebhookStatus, summarize, to_table
-from .scheduler import ProbeFn, probe_once
-from .targets import plan
+
+if TYPE_CHECKING:  # the probe round's modules load only when a verdict is asked for: `explain <text>` starts fast
+    from .report import WebhookStatus
+    from .scheduler import ProbeFn
 
 Kind = Literal["denial", "transport_failure", "unknown"]
 
@@ -451,6 +452,10 @@ def explain(text: str, inventory: Inventory | None = None) -> Explanation:
 async def probe_verdicts(inventory: Inventory, name: str, *, concurrency: int = 64,
                          probe_fn: ProbeFn | None = None) -> tuple[WebhookStatus, ...]:
     """One probe round for the webhooks of that name: is it still failing, and with which reason?"""
+    from .report import summarize
+    from .scheduler import probe_once
+    from .targets import plan
+
     plans = [p for p in plan(inventory) if p.key.name == name]
     kwargs = {} if probe_fn is None else {"probe_fn": probe_fn}
     results = await probe_once(plans, concurrency=concurrency, **kwargs)
@@ -492,6 +497,8 @@ def to_text(e: Explanation) -> str:
     lines += _section("Break glass (failurePolicy Fail: every matching request is refused until the backend is "
                       "back)", e.break_glass, commands=True)
     if e.verdicts:
+        from .report import to_table
+
         lines += ["", "Probe verdict now", *("  " + row for row in to_table(e.verdicts).splitlines())]
     return "\n".join(lines)
 

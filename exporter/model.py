@@ -10,6 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The audit's severities, most severe first (here, the shared vocabulary, so the CLI offers them as choices
+# without loading the audit).
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+
 # The apiserver labels its apiserver_admission_webhook_* series with these `type` values.
 WebhookType = Literal["validating", "admit"]
 VALIDATING: WebhookType = "validating"

@@ -8,6 +8,7 @@ it, and alerts can match on exact values. The probe writes its failure details w
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -153,12 +154,17 @@ WORDINGS: tuple[Wording, ...] = (
     WRONG_UID, INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON, NOT_A_REVIEW,
     CLOSED_EARLY, BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, LOOKUP,
 )
-_COMPILED = tuple((re.compile(w.pattern), w) for w in WORDINGS)
+
+
+@functools.cache
+def _compiled() -> tuple[tuple[re.Pattern[str], Wording], ...]:
+    # At the first `recognise` (explain), not at import: the prober, the audit and `--help` never use them.
+    return tuple((re.compile(w.pattern), w) for w in WORDINGS)
 
 
 def recognise(text: str) -> Wording | None:
     """The first wording whose pattern occurs in `text`, or None when none does."""
-    return next((w for pattern, w in _COMPILED if pattern.search(text)), None)
+    return next((w for pattern, w in _compiled() if pattern.search(text)), None)
 
 
 def examples(reason: Reason) -> tuple[str, ...]:

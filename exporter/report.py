@@ -7,10 +7,13 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .model import InvalidObject, Inventory
-from .probe import ProbeResult
-from .targets import TargetKey, WebhookPlan
+
+if TYPE_CHECKING:  # annotations only: `audit` reports without loading the prober (ssl, asyncio)
+    from .probe import ProbeResult
+    from .targets import TargetKey, WebhookPlan
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter import cli
+from exporter import cli, targets
 from exporter.cli import Bounded, build_parser, main
 from tests import factories as f
 
@@ -104,7 +104,7 @@ def test_a_bug_is_reported_as_a_bug_not_as_a_usage_error(tmp_path: Path, monkeyp
     def broken(*_: object, **__: object) -> object:
         raise ValueError("math domain error")
 
-    monkeypatch.setattr(cli, "plan", broken)
+    monkeypatch.setattr(targets, "plan", broken)  # what `check` plans with
     assert main(["check", "--manifests", str(manifest)]) == cli.EXIT_INTERNAL == 3
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
-import cel
-import cel.stdlib
+if TYPE_CHECKING:
+    import cel
 
 from ..model import Inventory, LabelSelector, LabelSelectorRequirement, Rule, Webhook
 from ..resources import (
@@ -204,19 +206,43 @@ class ConditionVerdict:
     condition: str = ""  # the name of the matchCondition that decided an error or unknown
 
 
+def _cel() -> ModuleType:
+    """The CEL library, loaded at its first use: only matchConditions need it.
+
+    Its package `__init__` also imports its interactive REPL (`cel.cli`: typer, rich, prompt_toolkit; most of
+    the ~0.5 s of CPU and 20 MiB the import costs), which evaluating expressions never uses: a placeholder stands
+    in for `cel.cli` while the package loads (the image leaves the REPL out altogether, see the Dockerfile).
+    """
+    if (loaded := sys.modules.get("cel")) is not None and hasattr(loaded, "stdlib"):
+        return loaded
+    placeholder = "cel.cli" not in sys.modules
+    if placeholder:
+        sys.modules["cel.cli"] = ModuleType("cel.cli", "the CEL REPL: not loaded by admission-webhook-exporter")
+    try:
+        import cel
+        import cel.stdlib
+    finally:
+        if placeholder:
+            del sys.modules["cel.cli"]  # an `import cel.cli` later loads the real one
+    return cel
+
+
 @functools.lru_cache(maxsize=1)
 def _cel_functions() -> dict[str, Callable[..., Any]]:
     # Kubernetes enables cel-go's strings, lists, sets and math extensions in matchConditions.
-    context = cel.Context()
-    cel.stdlib.add_stdlib_to_context(context)
-    return context.functions
+    lib = _cel()
+    context = lib.Context()
+    lib.stdlib.add_stdlib_to_context(context)
+    functions: dict[str, Callable[..., Any]] = context.functions
+    return functions
 
 
 @functools.lru_cache(maxsize=1024)
 def compile_condition(expression: str) -> tuple[cel.Program | None, ConditionVerdict | None]:
     """A compiled program, or why not: `error` (the expression is invalid) or `unknown` (we cannot parse it)."""
     try:
-        return cel.compile(expression), None
+        program: cel.Program = _cel().compile(expression)
+        return program, None
     except ValueError as err:
         message = str(err)
         # cel-go's own wording, as the apiserver prints it: "ERROR: <input>:1:38: Syntax error: ..."
@@ -234,7 +260,7 @@ def evaluate_condition(expression: str, variables: Mapping[str, Any]) -> Conditi
         assert problem is not None
         return problem
     try:
-        result = program.execute(cel.Context(variables=dict(variables), functions=_cel_functions()))
+        result = program.execute(_cel().Context(variables=dict(variables), functions=_cel_functions()))
     except RuntimeError as err:
         name = re.search(r"Undefined variable or function: '([^']+)'", str(err))
         if name is not None and name.group(1) in KUBERNETES_ONLY:

@@ -7,15 +7,14 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from ..model import SEVERITIES as SEVERITIES
 from ..model import LabelSelector, LabelSelectorRequirement, Webhook, WebhookKey
+from ..model import Severity as Severity
 from .matching import NAME_LABEL
-
-Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")  # most severe first
 
 
 @dataclass(frozen=True)
