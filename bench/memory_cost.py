@@ -5,12 +5,13 @@ Writes 500 ValidatingWebhookConfigurations of 4 service webhooks each (`--config
 on 127.0.0.1 (`--backends`, a process of their own, each with its own CA, as configurations each have their
 own caBundle; its certificate names `*.<namespace>.svc`, so the probes succeed), and runs the real CLI
 `admission-webhook-exporter serve --manifests` against it as its own process. After `--seconds` it prints the
-process's RSS (VmRSS, and the peak VmHWM), then scrapes /metrics once and prints RSS again.
+process's RSS (VmRSS: anonymous and file-backed), then scrapes /metrics once and prints RSS and its peak
+(VmHWM). The child runs with .pyc files, as an installed package does.
 
-`--tracemalloc`: the same `serve`, under `python -X tracemalloc=12`; at `--seconds` it prints the Python heap by
-file, by the line that allocated, and by the first frame in this project (what a module import holds is
-counted under `<import>`), then stops. tracemalloc sees only Python's allocator: RSS minus the traced total
-is OpenSSL, the interpreter, shared libraries and allocator overhead.
+`--tracemalloc`: the same `serve`, under `python -X tracemalloc=12`; `--seconds` after it listens it prints
+the Python heap by file, by the line that allocated, and by the first frame in this project (what a module
+import holds is counted under `<import>`), then stops. tracemalloc sees only Python's allocator: RSS minus
+the traced total is OpenSSL, the interpreter, shared libraries and allocator overhead.
 Usage: python -m bench.memory_cost [--configs 500] [--backends 100] [--seconds 40] [--tracemalloc]
 """
 
@@ -90,17 +91,17 @@ def manifests(configs: int, spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- the measured process under tracemalloc -----------------------------------------------------------------
-def _traced_serve(at: float, argv: list[str]) -> int:
-    """`serve` in this process; at `at` seconds, print where the Python heap is, then SIGTERM ourselves."""
+def _traced_serve(argv: list[str]) -> int:
+    """`serve` in this process; on SIGUSR1 (from the parent, `--seconds` after serve said it listens), print
+    where the Python heap is, then SIGTERM ourselves."""
     from exporter.cli import main
 
-    def report() -> None:
-        time.sleep(at)
+    def report(*_: object) -> None:
         snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         print_heap(snapshot)
         os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler: a clean stop
 
-    threading.Thread(target=report, daemon=True).start()
+    signal.signal(signal.SIGUSR1, report)
     return main(argv)
 
 
@@ -145,6 +146,16 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def rss_parts(pid: int) -> str:
+    """RSS split into anonymous memory (heaps, buffers) and file-backed pages (the interpreter, libraries)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            fields[name] = int(value.split()[0]) / 1024
+    return f"anonymous {fields.get('Anonymous', 0):.1f}, files {fields.get('Rss', 0) - fields.get('Anonymous', 0):.1f}"
+
+
 LISTENING = re.compile(r"event=listening address=127\.0\.0\.1:(\d+)")
 
 
@@ -161,12 +172,13 @@ def run(args: argparse.Namespace) -> None:
             cli = ["serve", "--manifests", str(path), "--listen-address", "127.0.0.1:0",
                    "--probe-interval", str(args.interval)]
             if args.tracemalloc:
-                command = [sys.executable, "-X", "tracemalloc=12", "-m", "bench.memory_cost", "traced",
-                           str(args.seconds), *cli]
+                command = [sys.executable, "-X", "tracemalloc=12", "-m", "bench.memory_cost", "traced", *cli]
             else:
                 command = [sys.executable, "-m", "exporter", *cli]
             t0 = time.monotonic()
-            serve = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            # With the .pyc files an installed package has: compiling sources would count in the heap.
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            serve = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
             assert serve.stderr is not None
             port = None
             for line in serve.stderr:
@@ -179,13 +191,18 @@ def run(args: argparse.Namespace) -> None:
             print(f"== memory: serve --manifests, {args.configs * HOOKS_PER_CONFIG} service webhooks, as many "
                   f"Services and one-endpoint EndpointSlices, {args.backends} TLS backends, probe interval "
                   f"{args.interval:g} s; RSS of the serve process", flush=True)
+            listening = time.monotonic() - t0
+            print(f"   listening after {listening:.1f} s (inventory loaded and adopted)", flush=True)
             if args.tracemalloc:
-                serve.wait(args.seconds + 900)
+                time.sleep(args.seconds)
+                serve.send_signal(signal.SIGUSR1)
+                serve.wait(900)
                 return
             marks = [m for m in (5, 10, 20, args.seconds) if m <= args.seconds]
             for mark in marks:
                 time.sleep(max(0.0, t0 + mark - time.monotonic()))
-                print(f"   after {mark:>4.0f} s: RSS {rss_mib(serve.pid):6.1f} MiB", flush=True)
+                print(f"   after {mark:>4.0f} s: RSS {rss_mib(serve.pid):6.1f} MiB ({rss_parts(serve.pid)})",
+                      flush=True)
             t1 = time.perf_counter()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
                 body = response.read()
@@ -216,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_backends(int(argv[1]), float(argv[2])))
         return 0
     if argv[:1] == ["traced"]:
-        return _traced_serve(float(argv[1]), argv[2:])
+        return _traced_serve(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", type=int, default=500, help=f"configurations of {HOOKS_PER_CONFIG} webhooks")
     parser.add_argument("--backends", type=int, default=100)

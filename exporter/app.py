@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from .audit import audit
 from .collector import ExporterCollector, Scrape
 from .discovery import Discovery
-from .exposition import render
+from .exposition import EOF, render_text
 from .model import Inventory
 from .probe import probe
 from .results import ResultStore
@@ -129,9 +129,12 @@ class Exporter:
                                     health_host=health_host, health_port=health_port, text=self.text)
         return await self.server.start()
 
-    def text(self) -> bytes:
-        """The registry in the classic text format: the collector's text kept ready, then the other collectors."""
-        return b"".join([self.collector.text(), *(render(c.collect()) for c in self._also_exposed)])
+    def text(self, openmetrics: bool = False) -> bytes:
+        """The registry's exposition (text format, or OpenMetrics): the collector's text kept ready, then the
+        other collectors' families rendered."""
+        return b"".join([self.collector.text(openmetrics=openmetrics),
+                         *(render_text(c.collect(), openmetrics=openmetrics).encode() for c in self._also_exposed),
+                         EOF.encode() if openmetrics else b""])
 
     async def close(self) -> None:
         if self.server is not None:

@@ -77,7 +77,7 @@ class ExporterCollector(Collector):
         # a scrape of plans that were never prepared keeps their text in `_unprepared`, and checks it.
         self._text: PlansText | None = None
         self._unprepared: PlansText | None = None
-        self._risk_text: tuple[tuple[Finding, ...] | None, bytes] = (None, b"")
+        self._risk_text: tuple[tuple[Finding, ...] | None, dict[bool, bytes]] = (None, {})
 
     def collect(self) -> Iterator[Metric]:
         scrape = self._read()
@@ -108,27 +108,28 @@ class ExporterCollector(Collector):
         if text is not None:
             text.update(key, result)
 
-    def text(self) -> bytes:
-        """The classic text exposition of `collect()`, encoded, joined from the text kept ready."""
+    def text(self, *, openmetrics: bool = False) -> bytes:
+        """`exposition.render(collect())` (without OpenMetrics' `# EOF`), joined from the text kept ready."""
         scrape = self._read()
         snapshot = scrape.snapshot
         text = self._text
         if text is not None and text.plans is snapshot.plans:
-            probes = text.probes()  # prepared, and told of every result since: current as it is
+            probes = text.probes(openmetrics=openmetrics)  # prepared, and told of every result since: current
         else:  # plans never prepared: their text is kept too, but checked against the results at each scrape
             text = self._unprepared
             if text is None or text.plans is not snapshot.plans:
                 text = PlansText(snapshot.plans, scrape.results, text)
                 self._unprepared = text
-            probes = text.probes(scrape.results)
+            probes = text.probes(scrape.results, openmetrics=openmetrics)
         findings, risk = self._risk_text
         if findings is not snapshot.findings:
-            risk = render_text([risk_family(snapshot.findings)]).encode()
+            risk = {om: render_text([risk_family(snapshot.findings)], openmetrics=om).encode() for om in (False, True)}
             self._risk_text = (snapshot.findings, risk)
-        parts = [text.webhooks, *probes,
-                 render_text(self_families(snapshot, scrape.probes)).encode(), risk]
+        parts = [*text.webhooks(openmetrics=openmetrics), *probes,
+                 render_text(self_families(snapshot, scrape.probes), openmetrics=openmetrics).encode(),
+                 risk[openmetrics]]
         if scrape.watches is not None:
-            parts.append(render_text(watch_families(scrape.watches)).encode())
+            parts.append(render_text(watch_families(scrape.watches), openmetrics=openmetrics).encode())
         return b"".join(parts)
 
 
@@ -197,8 +198,11 @@ def probe_families(plans: tuple[WebhookPlan, ...], results: Mapping[TargetKey, P
 # encoded, b"" where it has none.
 Lines = tuple[bytes, ...]
 NO_LINES: Lines = (b"",) * len(PROBE_FAMILIES)
-WEBHOOK_HEADERS = tuple(header(name, doc, "gauge").encode() for name, doc in WEBHOOK_FAMILIES)
-PROBE_HEADERS = tuple(header(name, doc, "gauge").encode() for name, doc in PROBE_FAMILIES)
+# The families' HELP and TYPE lines in each format, by `openmetrics`.
+WEBHOOK_HEADERS = {om: tuple(header(name, doc, "gauge", openmetrics=om).encode() for name, doc in WEBHOOK_FAMILIES)
+                   for om in (False, True)}
+PROBE_HEADERS = {om: tuple(header(name, doc, "gauge", openmetrics=om).encode() for name, doc in PROBE_FAMILIES)
+                 for om in (False, True)}
 
 
 def webhook_lines(p: WebhookPlan, labels: str) -> Lines:
@@ -284,8 +288,8 @@ class PlansText:
                     slot = (result, NO_LINES if result is None else probe_lines(labels, result))
                 self._index[target.key] = len(self._keys)
                 self._add(target.key, labels, slot)
-        self.webhooks = b"".join([WEBHOOK_HEADERS[f] + b"".join([lines[f] for lines in webhook_lines_])
-                                  for f in range(len(WEBHOOK_HEADERS))])
+        # Each webhook family's samples, joined (the headers differ by format).
+        self._webhook_samples = [b"".join([lines[f] for lines in webhook_lines_]) for f in range(len(WEBHOOK_FAMILIES))]
 
     def _add(self, key: TargetKey | None, labels: str, slot: tuple[ProbeResult | None, Lines]) -> None:
         self._keys.append(key)
@@ -301,7 +305,11 @@ class PlansText:
         if i is not None:
             self._slots[i] = (result, probe_lines(self._labels[i], result))
 
-    def probes(self, results: Mapping[TargetKey, ProbeResult] | None = None) -> list[bytes]:
+    def webhooks(self, *, openmetrics: bool) -> list[bytes]:
+        """The webhook families."""
+        return [part for pair in zip(WEBHOOK_HEADERS[openmetrics], self._webhook_samples, strict=True) for part in pair]
+
+    def probes(self, results: Mapping[TargetKey, ProbeResult] | None = None, *, openmetrics: bool) -> list[bytes]:
         """The probe families from the lines kept; with `results` (text that is not told of each result), each
         target's lines are first checked against its result there, and rendered again where they differ."""
         current: list[Lines] = [lines for _, lines in self._slots]
@@ -310,7 +318,7 @@ class PlansText:
                 if key is not None and (result := results.get(key)) is not source:
                     current[i] = NO_LINES if result is None else probe_lines(self._labels[i], result)
         out: list[bytes] = []
-        for f, family_header in enumerate(PROBE_HEADERS):
+        for f, family_header in enumerate(PROBE_HEADERS[openmetrics]):
             out.append(family_header)
             out.extend([lines[f] for lines in current])
         return out

@@ -31,9 +31,9 @@ LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
 class MetricsServer:
     def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool], host: str = "", port: int = 0,
                  security: WebSecurity | None = None, health_host: str = "", health_port: int | None = None,
-                 text: Callable[[], bytes] | None = None):
-        """`text` renders the registry in the classic text format faster than rendering its families (the
-        exporter keeps its text ready); without it the registry's families are rendered at each scrape."""
+                 text: Callable[[bool], bytes] | None = None):
+        """`text(openmetrics)` renders the registry in the text format or OpenMetrics faster than rendering its
+        families (the exporter keeps its text ready); without it the registry's families are rendered."""
         self._registry = registry
         self._text = text
         self._ready = ready
@@ -65,8 +65,10 @@ class MetricsServer:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         render: Callable[[], bytes] = partial(encoder, self._registry)
         if content_type.startswith("text/plain"):  # the classic format: our fast renderer
-            render = self._text or partial(exposition.render, self._registry.collect())
+            render = partial(self._text, False) if self._text else partial(exposition.render, self._registry.collect())
             content_type = exposition.CONTENT_TYPE
+        elif content_type.startswith(exposition.OPENMETRICS_CONTENT_TYPE) and self._text is not None:
+            render = partial(self._text, True)  # what Prometheus asks for first; the type as negotiated
         body = await asyncio.get_running_loop().run_in_executor(None, render)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type

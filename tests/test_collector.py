@@ -85,6 +85,7 @@ async def test_metrics_for_healthy_failing_and_endpointless_webhooks(servers: Se
         text = generate_latest(reg).decode()
         assert "_created" not in text
         assert exporter.text() == render(reg.collect())  # what /metrics serves: the text kept ready
+        assert exporter.text(openmetrics=True) == render(reg.collect(), openmetrics=True)  # and to Prometheus
         assert re.search(r'^admission_webhook_exporter_build_info\{python_version="[\d.]+",version="0\.1\.0"\} 1\.0$',
                          text, re.M)
     finally:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from exporter.audit import Finding
 from exporter.collector import ExporterCollector, Scrape
 from exporter.discovery import WatchStatus
-from exporter.exposition import render
+from exporter.exposition import EOF, render
 from exporter.inventory import ParseCache, SourcedObject, build_inventory
 from exporter.model import WebhookKey
 from exporter.probe import ProbeResult
@@ -62,6 +63,7 @@ class Reads:
 def same(collector: ExporterCollector) -> str:
     text = collector.text()
     assert text == render(collector.collect())
+    assert collector.text(openmetrics=True) + EOF.encode() == render(collector.collect(), openmetrics=True)
     return text.decode()
 
 
@@ -166,3 +168,43 @@ def test_text_of_new_plans_reuses_what_still_holds_and_stays_exact() -> None:
     kept_lines = now._slot(plans[0].targets[0].key)
     assert url_lines is not None and kept_lines is not None
     assert kept_lines[2] is url_lines[2]  # an unchanged target's lines were kept, not rendered again
+
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                     "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;"
+                     "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")  # what Prometheus 3 sends
+
+
+async def test_metrics_endpoint_serves_each_format_from_the_text_kept_ready() -> None:
+    """Over HTTP: Prometheus's Accept header gets OpenMetrics, a plain client the text format; both are what
+    prometheus_client renders from the same registry (nothing is dialled: the plans carry verdicts)."""
+    import aiohttp
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.app import Exporter
+
+    exporter = Exporter(interval=3600)
+    try:
+        exporter.adopt(inventory_of(f.configuration("c", f.webhook("a.example.com", f.service_client("ns", "x", "")),
+                                                    f.webhook("b.example.com", f.url_client(1, CA)))))
+        port = await exporter.serve("127.0.0.1", 0)
+        async with aiohttp.ClientSession() as session:
+            for accept, content_type, parse, theirs in [
+                (PROMETHEUS_ACCEPT, "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8",
+                 openmetrics_families, openmetrics_latest),
+                ("", "text/plain; version=0.0.4; charset=utf-8", text_string_to_metric_families, generate_latest),
+            ]:
+                async with session.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept}) as response:
+                    assert response.headers["Content-Type"] == content_type
+                    body = await response.text()
+
+                def samples(text: str, parse: Any = parse) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+                    return {(s.name, frozenset(s.labels.items())): s.value for fam in parse(text) for s in fam.samples}
+
+                assert samples(body) == samples(theirs(exporter.registry).decode())
+                assert 'reason="service_not_found"' in body and 'reason="invalid_config"' in body
+    finally:
+        await exporter.close()

@@ -7,6 +7,8 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition import render
@@ -43,6 +45,23 @@ def test_fast_renderer_matches_prometheus_client() -> None:
         [f.name for f in text_string_to_metric_families(theirs)]
     assert "# TYPE awe_test_events_total counter" in ours
     assert 'awe_test_gauge{a="plain",b="quote\\" back\\\\slash new\\nline"} 1.5' in ours
+
+
+def test_fast_openmetrics_matches_prometheus_client() -> None:
+    """What Prometheus asks for first: OpenMetrics, parsed by prometheus_client's OpenMetrics parser."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families())  # type: ignore[arg-type]
+    ours = render(registry.collect(), openmetrics=True).decode()
+    theirs = openmetrics_latest(registry).decode()
+
+    def families(text: str) -> list[tuple[str, str, str, dict[tuple[str, frozenset[tuple[str, str]]], float]]]:
+        return [(f.name, f.type, f.documentation, {(s.name, frozenset(s.labels.items())): s.value for s in f.samples})
+                for f in openmetrics_families(text)]
+
+    assert families(ours) == families(theirs)
+    assert ours.endswith("\n# EOF\n") and ours.count("# EOF") == 1
+    assert "# TYPE awe_test_events counter\n" in ours and "\nawe_test_events_total{reason=\"timeout\"} 3.0\n" in ours
+    assert '# HELP awe_test_gauge help with \\"quotes\\", \\\\ and\\nnewline\n' in ours
 
 
 @pytest.mark.parametrize("family", [
