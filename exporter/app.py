@@ -23,6 +23,7 @@ from .audit import audit
 from .collector import ExporterCollector, Scrape
 from .discovery import Discovery
 from .exposition import EOF, render_text
+from .kubeapi import small_tls_read_buffers
 from .model import Inventory
 from .probe import probe
 from .results import ResultStore
@@ -51,6 +52,7 @@ class Exporter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        small_tls_read_buffers()  # watches and probes: 32 KiB per TLS connection, not 256 KiB
         self.state = ExporterState()
         self.collector = ExporterCollector(self.scrape)
         self.results = ResultStore(on_put=self.collector.result_changed)

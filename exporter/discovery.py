@@ -3,9 +3,12 @@
 Watched: both webhook configuration kinds and Namespaces (for their labels) cluster-wide; and, only for the
 namespaces that hold a webhook's backend Service, that namespace's Services and the EndpointSlices of the
 referenced Services (label selector `kubernetes.io/service-name in (...)`). Those backend watches are added,
-narrowed and dropped as webhooks come and go. Each watch resumes from its last resourceVersion (bookmarks
-keep it fresh) and lists again only after `410 Gone`; errors back off. Changes reach the inventory after a
-short debounce, so a burst of events costs one rebuild. How the watches fare is plain data (`status()`); the
+narrowed and dropped as webhooks come and go. Above `CLUSTER_WIDE_ABOVE` backend namespaces, one cluster-wide
+Services watch and one cluster-wide EndpointSlices watch (the selector naming every referenced Service) replace
+the pair per namespace: each watch holds a connection, its buffers and a task, for as long as it runs. Only the
+referenced Services and their slices are kept, in either mode. Each watch resumes from its last resourceVersion
+(bookmarks keep it fresh) and lists again only after `410 Gone`; errors back off. Changes reach the inventory
+after a short debounce, so a burst of events costs one rebuild. How the watches fare is plain data (`status()`); the
 collector makes the metric families of it.
 """
 
@@ -40,7 +43,13 @@ from .parse import SERVICE_NAME_LABEL
 log = logging.getLogger("exporter.discovery")
 
 ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+Keep = Callable[[Mapping[str, Any]], bool]  # which listed or watched objects are kept
 DEBOUNCE_SECONDS = 0.05
+# Backend namespaces above which their Services and EndpointSlices are watched cluster-wide: a pair of watches
+# per namespace costs two connections, each with its TLS buffers, per namespace; past ten namespaces the
+# pair of cluster-wide watches costs less, and a webhook change relists every Service once (not per namespace).
+CLUSTER_WIDE_ABOVE = 10
+ALL_NAMESPACES = "*"  # the key of the cluster-wide backend watches (no namespace is named so)
 EMPTY_WATCH_SECONDS = 1.0  # a watch closed cleanly sooner than this, with no event, counts as a failure
 
 
@@ -79,11 +88,12 @@ class Watch:
                  on_reset: Callable[[list[dict[str, Any]]], None],
                  on_event: Callable[[str, Mapping[str, Any]], None],
                  namespace: str | None = None, label_selector: str | None = None,
-                 server_timeout: int = 290, idle_timeout: float = 330) -> None:
+                 keep: Keep | None = None, server_timeout: int = 290, idle_timeout: float = 330) -> None:
         self.api = api
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.keep = keep
         self.health = health
         self.on_reset = on_reset
         self.on_event = on_event
@@ -109,7 +119,7 @@ class Watch:
                 try:
                     if version is None:
                         items, version = await self.api.list(self.resource, namespace=self.namespace,
-                                                             label_selector=self.label_selector)
+                                                             label_selector=self.label_selector, keep=self.keep)
                         self.on_reset(items)
                         self.synced.set()
                         self._set_up(True)  # the API just answered; the watch below follows at once
@@ -124,7 +134,8 @@ class Watch:
                         self.health.last_event[self.resource.plural] = time.time()
                         version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                         if kind != "BOOKMARK":
-                            self.on_event(kind, obj)
+                            # One no longer kept (relabelled, say) is gone for us, as if it had been deleted.
+                            self.on_event("DELETED" if self.keep and not self.keep(obj) else kind, obj)
                     # The server ended the watch at its timeout: resume from where we are, no list. One that
                     # ends at once with nothing said is a server refusing quietly: back off, do not spin.
                     if events == 0 and time.monotonic() - opened < EMPTY_WATCH_SECONDS:
@@ -142,9 +153,30 @@ class Watch:
             self.health.up.pop(self.id, None)
 
 
+def _name(obj: Mapping[str, Any]) -> str:
+    return _key(obj)[1]
+
+
+def _service_name(obj: Mapping[str, Any]) -> str:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(SERVICE_NAME_LABEL) or "")
+
+
+def _named(names: frozenset[str]) -> Keep:
+    return lambda obj: _name(obj) in names
+
+
+def _for_services(names: frozenset[str]) -> Keep:
+    return lambda obj: _service_name(obj) in names
+
+
+def _referenced_by(wanted: Mapping[str, frozenset[str]], service: Callable[[Mapping[str, Any]], str]) -> Keep:
+    return lambda obj: service(obj) in wanted.get(_key(obj)[0], ())
+
+
 @dataclass
 class _BackendWatches:
-    names: frozenset[str]
+    names: frozenset[str]  # the referenced Services: names in one namespace, or "namespace/name" cluster-wide
     tasks: list[asyncio.Task[None]]
     watches: list[Watch]
 
@@ -156,8 +188,10 @@ def _ignore(_: Inventory) -> None:
 class Discovery:
     """Keeps the in-memory objects, the watches that feed them, and hands inventories to `adopt`."""
 
-    def __init__(self, api: KubeApi, *, server_timeout: int = 290, idle_timeout: float = 330) -> None:
+    def __init__(self, api: KubeApi, *, server_timeout: int = 290, idle_timeout: float = 330,
+                 cluster_wide_above: int = CLUSTER_WIDE_ABOVE) -> None:
         self.api = api
+        self._cluster_wide_above = cluster_wide_above
         self._adopt: Callable[[Inventory], None] = _ignore
         self._server_timeout = server_timeout
         self._idle_timeout = idle_timeout
@@ -192,10 +226,11 @@ class Discovery:
             self._dirty.set()
         return apply
 
-    def _watch(self, resource: Resource, namespace: str | None = None, selector: str | None = None) -> Watch:
+    def _watch(self, resource: Resource, namespace: str | None = None, selector: str | None = None,
+               keep: Keep | None = None) -> Watch:
         return Watch(self.api, resource, health=self.health, on_reset=self._reset(resource.plural, namespace),
                      on_event=self._apply(resource.plural), namespace=namespace, label_selector=selector,
-                     server_timeout=self._server_timeout, idle_timeout=self._idle_timeout)
+                     keep=keep, server_timeout=self._server_timeout, idle_timeout=self._idle_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, adopt: Callable[[Inventory], None] = _ignore) -> None:
@@ -267,12 +302,14 @@ class Discovery:
         await self._synced_event.wait()
 
     def _reconcile_backends(self, wanted: Mapping[str, frozenset[str]]) -> None:
-        for namespace in [ns for ns in self._backends if ns not in wanted]:
+        if len(wanted) > self._cluster_wide_above:
+            self._reconcile_cluster_wide(wanted)
+            return
+        gone = [ns for ns in self._backends if ns not in wanted]  # the cluster-wide pair too, if it ran
+        for namespace in gone:
             self._stop_backend(namespace)
-            for plural in (SERVICES.plural, ENDPOINT_SLICES.plural):
-                store = self._objects[plural]
-                for key in [k for k in store if k[0] == namespace]:
-                    del store[key]
+        if gone:
+            self._drop_backend_objects(lambda namespace: namespace not in wanted)
         for namespace, names in wanted.items():
             current = self._backends.get(namespace)
             if current is not None and current.names == names:
@@ -280,10 +317,39 @@ class Discovery:
             if current is not None:
                 self._stop_backend(namespace)
             selector = f"{SERVICE_NAME_LABEL} in ({','.join(sorted(names))})"
-            watches = [self._watch(SERVICES, namespace), self._watch(ENDPOINT_SLICES, namespace, selector)]
-            tasks = [asyncio.create_task(w.run(), name=f"watch {w.id}") for w in watches]
-            self._backends[namespace] = _BackendWatches(names=names, tasks=tasks, watches=watches)
-            event(log, logging.DEBUG, "backend_watch", namespace=namespace, services=",".join(sorted(names)))
+            watches = [self._watch(SERVICES, namespace, keep=_named(names)),
+                       self._watch(ENDPOINT_SLICES, namespace, selector, keep=_for_services(names))]
+            self._start_backend(namespace, names, watches)
+
+    def _reconcile_cluster_wide(self, wanted: Mapping[str, frozenset[str]]) -> None:
+        """One Services and one EndpointSlices watch for every backend namespace, restarted (relisted) when the
+        referenced Services change: that is when a webhook configuration changes, not on endpoint churn."""
+        pairs = frozenset(f"{ns}/{name}" for ns, names in wanted.items() for name in names)
+        current = self._backends.get(ALL_NAMESPACES)
+        if current is not None and current.names == pairs:
+            return
+        for namespace in list(self._backends):
+            self._stop_backend(namespace)
+        self._drop_backend_objects(lambda namespace: namespace not in wanted)
+        names = sorted({name for names in wanted.values() for name in names})
+        # Server-side, the selector leaves out the slices of every other Service; `keep` drops those of a
+        # Service of the same name in another namespace.
+        selector = f"{SERVICE_NAME_LABEL} in ({','.join(names)})"
+        watches = [self._watch(SERVICES, keep=_referenced_by(wanted, _name)),
+                   self._watch(ENDPOINT_SLICES, selector=selector, keep=_referenced_by(wanted, _service_name))]
+        self._start_backend(ALL_NAMESPACES, pairs, watches)
+
+    def _start_backend(self, key: str, names: frozenset[str], watches: list[Watch]) -> None:
+        tasks = [asyncio.create_task(w.run(), name=f"watch {w.id}") for w in watches]
+        self._backends[key] = _BackendWatches(names=names, tasks=tasks, watches=watches)
+        event(log, logging.DEBUG, "backend_watch", namespace=key, services=len(names))
+
+    def _drop_backend_objects(self, gone: Callable[[str], bool]) -> None:
+        """Forget the Services and slices of namespaces no longer watched."""
+        for plural in (SERVICES.plural, ENDPOINT_SLICES.plural):
+            store = self._objects[plural]
+            for key in [k for k in store if gone(k[0])]:
+                del store[key]
 
     def _stop_backend(self, namespace: str) -> None:
         backend = self._backends.pop(namespace)

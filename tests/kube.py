@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.exposition import generate_latest
 
 from exporter.app import Exporter
-from exporter.discovery import Discovery
+from exporter.discovery import CLUSTER_WIDE_ABOVE, Discovery
 from exporter.kubeapi import VALIDATING_CONFIGS, Credentials, KubeApi, load_credentials
 from tests import factories as f
 from tests import hostile
@@ -61,10 +61,11 @@ class LiveExporter:
 
     @classmethod
     async def start(cls, source: Path | Credentials, *, interval: float = 2.0, server_timeout: int = 290,
-                    idle_timeout: float = 330) -> LiveExporter:
+                    idle_timeout: float = 330, cluster_wide_above: int = CLUSTER_WIDE_ABOVE) -> LiveExporter:
         """Following the API of a kubeconfig file or of `Credentials` (the caller closes `exporter`)."""
         credentials = load_credentials(str(source)) if isinstance(source, Path) else source
-        discovery = Discovery(KubeApi(credentials), server_timeout=server_timeout, idle_timeout=idle_timeout)
+        discovery = Discovery(KubeApi(credentials), server_timeout=server_timeout, idle_timeout=idle_timeout,
+                              cluster_wide_above=cluster_wide_above)
         exporter = Exporter(interval=interval, discovery=discovery)
         await exporter.start()
         return cls(exporter)

@@ -125,6 +125,63 @@ async def test_service_endpoints_scaled_to_zero_and_back(kube: Kube, control_pla
         proc.kill()
 
 
+async def test_backends_watched_cluster_wide_above_the_threshold_keep_the_same_inventory(
+        kube: Kube, control_plane: ControlPlane, live_exporters, netns_host: Any) -> None:
+    """Two exporters on one cluster: one watching backends per namespace, one cluster-wide (its threshold 1). They
+    keep the same Services and slices (the referenced ones only: not a Service of the same name in a namespace no
+    webhook names, nor another Service's slice) and follow the same change. The endpoints are in a network
+    namespace of this test, and nothing listens there: probes are refused, never sent elsewhere."""
+    suffix = uid()
+    spaces = [f"wide-{suffix}-{i}" for i in range(3)]  # the third is named by no webhook
+    address = netns_host.address
+    ports = [{"name": "https", "port": 8443, "protocol": "TCP"}]
+    for namespace in spaces:
+        await kube.call(kube.core.create_namespace, {"metadata": {"name": namespace}})
+        await kube.call(kube.core.create_namespaced_service, namespace, f.service(
+            namespace, "hook-svc", [{"name": "https", "port": 443, "targetPort": "webhook"}]))
+        await kube.call(kube.discovery.create_namespaced_endpoint_slice, namespace,
+                        f.endpoint_slice(namespace, "hook-svc", ports, [(address, True)], name="hook-svc-1"))
+        await kube.call(kube.discovery.create_namespaced_endpoint_slice, namespace,
+                        f.endpoint_slice(namespace, "other", ports, [(address, True)], name="other-1"))
+    name = f"wide-{suffix}"
+    hooks = [f.webhook(f"w{i}.example.com", f.service_client(spaces[i], "hook-svc", ""), policy="Ignore",
+                       **ns_scoped("nowhere")) for i in range(2)]
+    await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(name, *hooks))
+    per_namespace = await live_exporters(control_plane.kubeconfig_path)
+    cluster_wide = await live_exporters(control_plane.kubeconfig_path, cluster_wide_above=1)
+
+    def ready(running: Any, i: int) -> float | None:
+        return running.value("admission_webhook_endpoints_ready", configuration=name, name=f"w{i}.example.com",
+                             type="validating")
+
+    def backends(running: Any) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        inventory = running.discovery.inventory
+        return ({k for k in inventory.services if k[0] in spaces}, {k for k in inventory.endpoint_slices
+                                                                    if k[0] in spaces})
+
+    try:
+        for running in (per_namespace, cluster_wide):
+            await eventually(lambda r=running: ready(r, 0) == 1 and ready(r, 1) == 1, 10, "both resolved")
+            assert backends(running) == ({(spaces[0], "hook-svc"), (spaces[1], "hook-svc")},) * 2
+        watches = set(cluster_wide.discovery.health.up)
+        assert {"services/*", "endpointslices/*"} <= watches
+        assert not {w for w in watches if w.startswith(("services/", "endpointslices/")) and not w.endswith("/*")}
+        assert {f"services/{spaces[0]}", f"endpointslices/{spaces[1]}"} <= set(per_namespace.discovery.health.up)
+
+        slice_name, namespace = "hook-svc-1", spaces[1]
+        current = await kube.call(kube.discovery.read_namespaced_endpoint_slice, slice_name, namespace)
+        lost = f.endpoint_slice(namespace, "hook-svc", ports, [(address, False)], name=slice_name)
+        lost["metadata"]["resourceVersion"] = current.metadata.resource_version
+        await kube.call(kube.discovery.replace_namespaced_endpoint_slice, slice_name, namespace, lost)
+        for running in (per_namespace, cluster_wide):
+            await eventually(lambda r=running: ready(r, 1) == 0, CHANGE_DEADLINE, "lost endpoint seen")
+            assert ready(running, 0) == 1
+    finally:
+        await kube.call(kube.admission.delete_validating_webhook_configuration, name)
+        for namespace in spaces:
+            await kube.call(kube.core.delete_namespace, namespace)
+
+
 def _python() -> list[str]:
     import sys
 
