@@ -7,7 +7,10 @@ of the exporter's slice watches must leave them out). Then runs the exporter as 
 prints: start-up time to /readyz, its RSS, the API requests it made to start and in a 60 s steady state
 (from its own `admission_webhook_exporter_api_requests_total`), and the time from an EndpointSlice losing
 its last ready endpoint to `admission_webhook_endpoints_ready` reading 0 on /metrics (median and worst of 20,
-/metrics polled every 100 ms).
+/metrics polled every 100 ms). Then churn (`--churn` seconds): a referenced EndpointSlice changes every
+`--churn-every` seconds (each change is a new inventory, so a new audit is wanted), while /metrics is scraped
+once a second as Prometheus does (its Accept header: OpenMetrics first); printed: those scrapes' durations,
+the exporter's CPU meanwhile (share of one core), and how many audits it ran.
 
 The worker's probe function answers at once without dialling: this measures discovery, not probing, and
 the slices' addresses (10.213.7.0/24, the test network-namespace range) are never contacted.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import ssl
 import statistics
@@ -52,8 +56,9 @@ async def _worker(kubeconfig: str) -> None:
     port = await exporter.serve("127.0.0.1", 0)
     print(port, flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-    await exporter.close()
+    while await loop.run_in_executor(None, sys.stdin.readline) == "audits?\n":
+        print(json.dumps({"audits": getattr(exporter, "audits", None)}), flush=True)  # None: not counted there
+    await exporter.close()  # stdin closed
 
 
 # -- populating the control plane -------------------------------------------------------------------------
@@ -156,6 +161,16 @@ async def fetch(session: Any, url: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                     "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;"
+                     "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")  # what Prometheus 3 sends
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 REQUESTS = re.compile(r'^admission_webhook_exporter_api_requests_total\{verb="(\w+)",resource="(\w+)"\} ([\d.e+]+)$',
                       re.M)
 
@@ -214,6 +229,7 @@ async def measure(args: argparse.Namespace) -> None:
                     t1 = time.perf_counter()
                     _, text = await fetch(session, base + "/metrics")
                     render.append((time.perf_counter() - t1) * 1000)
+                churned = await churn(api, session, base, worker, args) if args.churn else None
         finally:
             await api.close()
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
@@ -233,6 +249,14 @@ async def measure(args: argparse.Namespace) -> None:
             ("/metrics at this size", f"{series} series, {len(text)} bytes, median "
                                       f"{statistics.median(render):.0f} ms over HTTP", ""),
         ]
+        if churned is not None:
+            scrapes, cpu, audits = churned
+            rows += [
+                (f"churn {args.churn:.0f} s, a slice every {args.churn_every:g} s: /metrics as Prometheus asks",
+                 f"median {statistics.median(scrapes):.0f} ms, p90 {p90(scrapes):.0f} ms, worst {max(scrapes):.0f} ms",
+                 f"n={len(scrapes)}; a scrape never waits on the audit"),
+                ("churn: exporter CPU, audits run", f"{cpu:.0%} of a core, {audits} audits", ""),
+            ]
         width = max(len(r[0]) for r in rows)
         for name, value, note in rows:
             print(f"   {name:<{width}}  {value:<40} {note}")
@@ -246,6 +270,59 @@ async def measure(args: argparse.Namespace) -> None:
                 worker.kill()
                 await worker.wait()
         cp.stop()
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.9) - 1)]
+
+
+async def churn(api: Api, session: Any, base: str, worker: asyncio.subprocess.Process,
+                args: argparse.Namespace) -> tuple[list[float], float, str]:
+    """Slices change every `churn_every` s while /metrics is scraped every second: scrape ms, CPU share, audits."""
+    assert worker.stdin is not None and worker.stdout is not None
+
+    async def audits() -> Any:
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(b"audits?\n")
+        await worker.stdin.drain()
+        return json.loads(await worker.stdout.readline())["audits"]
+
+    services = args.configs * HOOKS_PER_CONFIG
+    flipped: set[int] = set()
+    stop = time.monotonic() + args.churn
+
+    async def flip() -> None:
+        k = 0
+        while time.monotonic() < stop:
+            j = (k * 37) % services
+            ready = j in flipped
+            await api.send("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/{ns(j)}/endpointslices/svc-{j}-1",
+                           {"endpoints": slice_of(j, ready)["endpoints"]}, "application/merge-patch+json")
+            (flipped.discard if ready else flipped.add)(j)
+            k += 1
+            await asyncio.sleep(args.churn_every)
+
+    before_audits, before_cpu, t0 = await audits(), cpu_seconds(worker.pid), time.monotonic()
+    flipper = asyncio.create_task(flip())
+    scrapes = []
+    try:
+        while time.monotonic() < stop:
+            t1 = time.perf_counter()
+            async with session.get(base + "/metrics", headers={"Accept": PROMETHEUS_ACCEPT}) as r:
+                await r.read()
+            scrapes.append((time.perf_counter() - t1) * 1000)
+            await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t1)))
+        await flipper
+    finally:
+        flipper.cancel()
+    cpu = (cpu_seconds(worker.pid) - before_cpu) / (time.monotonic() - t0)
+    after_audits = await audits()
+    for j in flipped:  # every slice ready again
+        await api.send("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/{ns(j)}/endpointslices/svc-{j}-1",
+                       {"endpoints": slice_of(j, True)["endpoints"]}, "application/merge-patch+json")
+    counted = "?" if before_audits is None else str(after_audits - before_audits)
+    return scrapes, cpu, counted
 
 
 async def detection(api: Api, session: Any, base: str, args: argparse.Namespace) -> list[float]:
@@ -289,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unrelated", type=int, default=10000)
     parser.add_argument("--steady", type=float, default=60.0)
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--churn", type=float, default=120.0, help="seconds of slice churn (0: none)")
+    parser.add_argument("--churn-every", type=float, default=1.0, help="seconds between two slice changes")
     asyncio.run(measure(parser.parse_args(argv)))
     return 0
 
