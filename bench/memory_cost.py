@@ -5,8 +5,9 @@ Writes 500 ValidatingWebhookConfigurations of 4 service webhooks each (`--config
 on 127.0.0.1 (`--backends`, a process of their own, each with its own CA, as configurations each have their
 own caBundle; its certificate names `*.<namespace>.svc`, so the probes succeed), and runs the real CLI
 `admission-webhook-exporter serve --manifests` against it as its own process. After `--seconds` it prints the
-process's RSS (VmRSS: anonymous and file-backed), then scrapes /metrics once and prints RSS and its peak
-(VmHWM). The child runs with .pyc files, as an installed package does.
+process's RSS (VmRSS: anonymous and file-backed), then scrapes /metrics 5 times as Prometheus does (a second
+apart, OpenMetrics asked first) and prints their durations, RSS and its peak (VmHWM). The child runs with
+.pyc files, as an installed package does.
 
 `--tracemalloc`: the same `serve`, under `python -X tracemalloc=12`; `--seconds` after it listens it prints
 the Python heap by file, by the line that allocated, and by the first frame in this project (what a module
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import re
@@ -156,6 +158,9 @@ def rss_parts(pid: int) -> str:
     return f"anonymous {fields.get('Anonymous', 0):.1f}, files {fields.get('Rss', 0) - fields.get('Anonymous', 0):.1f}"
 
 
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                     "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;"
+                     "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")  # what Prometheus 3 sends
 LISTENING = re.compile(r"event=listening address=127\.0\.0\.1:(\d+)")
 
 
@@ -198,18 +203,27 @@ def run(args: argparse.Namespace) -> None:
                 serve.send_signal(signal.SIGUSR1)
                 serve.wait(900)
                 return
-            marks = [m for m in (5, 10, 20, args.seconds) if m <= args.seconds]
+            marks = [m for m in (5, 10, 20, 40, 60, 90, 120) if m < args.seconds] + [args.seconds]
             for mark in marks:
                 time.sleep(max(0.0, t0 + mark - time.monotonic()))
                 print(f"   after {mark:>4.0f} s: RSS {rss_mib(serve.pid):6.1f} MiB ({rss_parts(serve.pid)})",
                       flush=True)
-            t1 = time.perf_counter()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
-                body = response.read()
-            took = time.perf_counter() - t1
+            took = []
+            for _ in range(5):  # as Prometheus asks: OpenMetrics first
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                                 headers={"Accept": PROMETHEUS_ACCEPT, **args.headers})
+                t1 = time.perf_counter()
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    t2 = time.perf_counter()
+                    body = response.read()
+                took.append(f"{(t2 - t1) * 1000:.0f}+{(time.perf_counter() - t2) * 1000:.0f}")
+                time.sleep(1)
+            if response.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
             series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-            print(f"   after one scrape ({series} series, {took * 1000:.0f} ms): RSS {rss_mib(serve.pid):6.1f} MiB, "
-                  f"peak (VmHWM) {rss_mib(serve.pid, 'VmHWM'):6.1f} MiB   target < 100 MiB", flush=True)
+            print(f"   after 5 scrapes ({series} series; headers+body ms: {', '.join(took)}): RSS "
+                  f"{rss_mib(serve.pid):6.1f} MiB ({rss_parts(serve.pid)}), peak (VmHWM) "
+                  f"{rss_mib(serve.pid, 'VmHWM'):6.1f} MiB   target < 100 MiB", flush=True)
     finally:
         if serve is not None and serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
@@ -240,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=30.0, help="serve's --probe-interval")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--tracemalloc", action="store_true", help="where the Python heap goes, at --seconds")
+    parser.add_argument("--gzip", dest="headers", action="store_const", const={"Accept-Encoding": "gzip"},
+                        default={}, help="scrape with Accept-Encoding: gzip, as Prometheus does")
     run(parser.parse_args(argv))
     return 0
 
