@@ -248,8 +248,10 @@ class Discovery:
 
     @property
     def synced(self) -> bool:
-        """Every watch has listed once: the inventory reflects the cluster (until then /readyz says no)."""
-        watches = [*self._config_watches, *(w for b in self._backends.values() for w in b.watches)]
+        """Every watch has listed once: the inventory reflects the cluster (until then /readyz says no).
+
+        Read from the HTTP server's thread too: the backends are copied in one step (`list()` of the values)."""
+        watches = [*self._config_watches, *(w for b in list(self._backends.values()) for w in b.watches)]
         return bool(watches) and all(w.synced.is_set() for w in watches) and not self._dirty.is_set()
 
     async def close(self) -> None:

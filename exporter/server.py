@@ -4,14 +4,19 @@ With a web configuration (`security`, exporter/webconfig.py) the listener serves
 by it. The kubelet's probes cannot present a client certificate or credentials, so `health_port` adds a
 listener of /healthz and /readyz alone, plain HTTP and open: they say only whether the process is ready.
 
-A scrape renders the registry on a worker thread: formatting 100k series takes long enough that doing it
-on the event loop would delay probes; the collector reads only memory, so it needs no lock.
+The listeners run on a thread of their own, with its own event loop: while the exporter's loop runs back-to-back
+TLS handshakes, one turn of it takes a hundred milliseconds or more, and a scrape served there waited several
+turns (300-700 ms at 2,000 endpoints; bench/memory_cost.py) for a response that takes 2-4 ms to render. Here a
+scrape waits only for the GIL. It still renders on a worker thread of that loop, so that /healthz answers while
+a large registry renders; the collector reads only memory, so it needs no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ssl
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -42,6 +47,8 @@ class MetricsServer:
         self._security = security
         self._health = (health_host, health_port)
         self._runners: list[web.AppRunner] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the listeners' own, on `_thread`
+        self._thread: threading.Thread | None = None
         self.port: int | None = None
         self.health_port: int | None = None
 
@@ -94,16 +101,48 @@ class MetricsServer:
         return bound
 
     async def start(self) -> int:
+        """Listen (on the server's own thread and loop); the bound port once listening, or the bind's error."""
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="metrics-server", daemon=True)
+        self._thread.start()
+        return await asyncio.wrap_future(started)
+
+    def _run(self, started: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            try:
+                port = loop.run_until_complete(self._listen_all())
+            except BaseException as err:  # a port in use: the caller says so
+                started.set_exception(err)
+                return
+            self._loop = loop
+            started.set_result(port)
+            loop.run_forever()  # until stop()
+        finally:
+            self._loop = None
+            loop.run_until_complete(self._cleanup())
+            loop.close()
+
+    async def _listen_all(self) -> int:
         tls = self._security.ssl_context if self._security is not None else None
         self.port = await self._listen(self._app(), self._host, self._port, tls)
         if self._health[1] is not None:
             self.health_port = await self._listen(self._health_app(), self._health[0], self._health[1], None)
         return self.port
 
-    async def stop(self) -> None:
+    async def _cleanup(self) -> None:
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
+
+    async def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if thread is None:
+            return
+        self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
 
 
 def parse_listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
