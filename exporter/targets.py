@@ -48,6 +48,9 @@ class Target:
     ca_pem: bytes | None  # None: the webhook has no caBundle, so the apiserver uses the system roots
     timeout_seconds: float
     review: ReviewSpec | None  # None: stop after the handshake (sideEffects not None/NoneOnDryRun)
+    # The host[:port] the apiserver calls: its Host header, and the name its kubeConfigFile is looked up by
+    # (`<service>.<namespace>.svc:<service port>`, or the URL's host[:port] as written).
+    authority: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ def _plan_url(webhook: Webhook, ca_pem: bytes | None) -> tuple[tuple[Target, ...
         ca_pem=ca_pem,
         timeout_seconds=float(webhook.timeout_seconds),
         review=review_spec(webhook),
+        authority=parts.netloc.rpartition("@")[2],
     )
     return (target,), None
 
@@ -153,7 +157,8 @@ def _plan_service(
     def target(host: str, port: int) -> Target:
         return Target(key=TargetKey(webhook.key, format_endpoint(host, port)), host=host, port=port,
                       server_name=ref.server_name, path=path, ca_pem=ca_pem,
-                      timeout_seconds=float(webhook.timeout_seconds), review=review)
+                      timeout_seconds=float(webhook.timeout_seconds), review=review,
+                      authority=f"{ref.server_name}:{ref.port}")
 
     if service.type == "ExternalName":
         if not service.external_name:
