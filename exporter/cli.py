@@ -3,8 +3,10 @@
 Bad flags and unusable manifests print one line on stderr and exit 2; `check` exits 1 when a
 `failurePolicy: Fail` webhook is unhealthy, and `audit` when a finding reaches `--fail-on`, so both can gate
 a pipeline. Both also exit 1 when they checked nothing (no webhook; `--allow-empty` when that is expected) or
-not everything (an object skipped as malformed). An unexpected exception is a bug, not a usage error: it
-prints its traceback and exits 3.
+not everything (an object skipped as malformed). `explain` exits with the number of admission webhook errors
+it found in the text (0: none, capped at 100). An unexpected exception is a bug, not a usage error: it
+prints its traceback and exits 3. A reader that goes away (`| head`) ends the command quietly, with 141 as a
+process killed by SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -31,8 +32,9 @@ from .app import Exporter
 from .audit import SEVERITIES, at_or_above, audit
 from .audit import to_json as audit_json
 from .audit import to_text as audit_text
+from .clientauth import ClientAuthError, WebhookClientConfig
 from .discovery import Discovery
-from .explain import explain, probe_verdicts
+from .explain import MAX_INPUT_CHARS, explain_all, probe_verdicts, webhooks_to_probe, with_verdicts
 from .explain import to_json as explain_json
 from .explain import to_text as explain_text
 from .inventory import build_inventory
@@ -40,6 +42,7 @@ from .kubeapi import KubeApi, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
+from .probe import prober
 from .report import Gate, check_failures, inventory_failures, skip_messages, summarize, to_json, to_table
 from .scheduler import probe_once
 from .server import parse_listen_address
@@ -51,6 +54,8 @@ DEFAULT_PORT = 10047  # outside the fully allocated 9100-9999 exporter range; se
 EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3  # a bug: distinct from 1 (unhealthy) so a pipeline does not read a crash as a verdict
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader went away, as a shell reports a process SIGPIPE killed
+EXIT_COUNT_CAP = 100  # `explain`: the number of errors found, at most this
 
 
 class UsageError(Exception):
@@ -107,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
 
+    def client_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--webhook-client-config", metavar="PATH",
+                       help="the kube-apiserver's AdmissionConfiguration kubeConfigFile: present to each webhook the "
+                            "client certificate (and token) the apiserver presents; without it a backend that "
+                            "requires one is reported as client_auth_required")
+
     def gate(p: argparse.ArgumentParser) -> None:
         p.add_argument("--allow-empty", action="store_true",
                        help="pass when there is no webhook at all (a cluster or folder expected to hold none); "
@@ -125,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    client_config(serve)
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
                                          "is unhealthy, or if there was nothing to check or something was skipped")
     sources(check)
     check.add_argument("--output", choices=["table", "json"], default="table")
+    client_config(check)
     gate(check)
     common(check)
 
@@ -146,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     audit_cmd.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
 
-    explain_cmd = sub.add_parser("explain", help="explain an apiserver/kubectl admission webhook error; with a "
-                                                 "cluster or manifests, add the webhook's probe verdict now")
+    explain_cmd = sub.add_parser("explain", help="explain each apiserver/kubectl admission webhook error in a text; "
+                                                 "with a cluster or manifests, add the webhooks' probe verdicts now; "
+                                                 "exit status: how many errors it found")
     explain_cmd.add_argument("text", nargs="?", default="-", help="the error text; '-' or absent: read stdin")
     sources(explain_cmd)
     explain_cmd.add_argument("--output", choices=["text", "json"], default="text")
+    client_config(explain_cmd)
     common(explain_cmd)
 
     demo = sub.add_parser("demo", help="start local faulty webhook backends and serve the exporter against them")
@@ -209,11 +224,21 @@ async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Invent
         await discovery.close()
 
 
+def _client_config(args: argparse.Namespace) -> WebhookClientConfig | None:
+    if not getattr(args, "webhook_client_config", None):
+        return None
+    try:
+        return WebhookClientConfig.load(args.webhook_client_config)
+    except ClientAuthError as err:
+        raise UsageError(str(err)) from err
+
+
 async def run_check(args: argparse.Namespace) -> int:
+    credentials = _client_config(args)
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     plans = plan(inventory)
-    results = await probe_once(plans, concurrency=args.probe_concurrency)
+    results = await probe_once(plans, concurrency=args.probe_concurrency, probe_fn=prober(credentials))
     statuses = summarize(plans, results)
     gate = _gate(args, inventory, check_failures(statuses))
     print(to_json(statuses, gate) if args.output == "json" else to_table(statuses))
@@ -236,23 +261,26 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 
 async def run_explain(args: argparse.Namespace) -> int:
-    try:
-        text = sys.stdin.read() if args.text == "-" else args.text
+    try:  # bounded: one character more than explain reads tells it the text was longer
+        text = sys.stdin.read(MAX_INPUT_CHARS + 1) if args.text == "-" else args.text
     except UnicodeDecodeError as err:
         raise UsageError(f"stdin is not {sys.stdin.encoding} text ({err.reason})") from err
     if not text.strip():
         raise UsageError("explain needs the error text: as an argument, or on stdin")
+    credentials = _client_config(args)
     inventory: Inventory | None = None
+    source = ""
     if args.manifests:
-        inventory = load_inventory(args.manifests)
+        inventory, source = load_inventory(args.manifests), f"--manifests {' '.join(args.manifests)}"
     elif args.kubeconfig or args.context:
-        inventory = await _live_inventory(args)
-    explanation = explain(text, inventory)
-    if inventory is not None and explanation.webhook:
-        verdicts = await probe_verdicts(inventory, explanation.webhook, concurrency=args.probe_concurrency)
-        explanation = dataclasses.replace(explanation, verdicts=verdicts)
-    print(explain_json(explanation) if args.output == "json" else explain_text(explanation))
-    return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
+        inventory, source = await _live_inventory(args), "the cluster"
+    result = explain_all(text, inventory, source=source)
+    if inventory is not None and (names := webhooks_to_probe(result)):
+        verdicts = await probe_verdicts(inventory, names, concurrency=args.probe_concurrency,
+                                        probe_fn=prober(credentials))
+        result = with_verdicts(result, verdicts)
+    print(explain_json(result) if args.output == "json" else explain_text(result))
+    return min(result.count, EXIT_COUNT_CAP)
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -297,12 +325,14 @@ async def run_serve(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen_address)
     if args.manifests:
         inventory = load_inventory(args.manifests)
-        exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
+        exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval,
+                            probe_fn=prober(_client_config(args)))
         exporter.state.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port)
-    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
+    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval,
+                        probe_fn=prober(_client_config(args)))
     discovery = _discovery(args, exporter.state.adopt)
     exporter.attach(discovery)
     await discovery.start()
@@ -349,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whatever is left to print has nowhere to go; point stdout at /dev/null so that the interpreter's own
+        # flush at exit does not fail (and complain) a second time.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as err:  # anything else is a bug: show it as one, never as a usage error
         traceback.print_exc()
         print(f"admission-webhook-exporter: internal error: {type(err).__name__}: {err} "

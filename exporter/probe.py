@@ -23,6 +23,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -477,7 +478,7 @@ async def probe(target: Target, *, credentials: WebhookClientConfig | None = Non
     return _result(True, None, "", started, expiry, status)
 
 
-def prober(credentials: WebhookClientConfig | None) -> Any:
+def prober(credentials: WebhookClientConfig | None) -> Callable[[Target], Awaitable[ProbeResult]]:
     """The probe function the scheduler calls, presenting `credentials`' client certificates (when given)."""
     return probe if credentials is None else functools.partial(probe, credentials=credentials)
 
