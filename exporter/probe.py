@@ -38,9 +38,10 @@ MAX_BODY_BYTES = 1024 * 1024  # an AdmissionReview response is a few KiB; anythi
 USER_AGENT = "admission-webhook-exporter"
 # How long a second connection waits for a non-TLS answer to say whether it starts with `HTTP/`.
 PEEK_SECONDS = 1.0
-# How long a handshake-only probe waits for the verdict of a TLS 1.3 server that asked for a client certificate:
-# it judges the certificate (or its absence) on the client's Finished and answers within a round trip; one that
-# accepts waits for a request, and the wait ends as a success. Short, as it adds to the probe's duration.
+# How long a probe waits for the verdict of a TLS 1.3 server that asked for a client certificate (before it
+# writes its request, or instead of one): the server judges the certificate (or its absence) on the client's
+# Finished and answers within a round trip; one that accepts waits for a request, and the wait ends. Short, as
+# it adds to the probe's duration.
 CLIENT_AUTH_VERDICT_SECONDS = 0.25
 
 
@@ -448,7 +449,10 @@ async def probe(target: Target, *, credentials: WebhookClientConfig | None = Non
             identity = credentials.identity(target.authority) if credentials is not None else None
             reader, writer = await _connect(target)
             expiry, writer = await _handshake(target, writer, identity, seen)
-            if target.review is None and seen.certificate_requested:
+            # The server judges the client's certificate after the client's handshake is done: wait for that
+            # verdict where nothing else would read it, or where the request written at once would make the
+            # server reset the connection and lose its `certificate required` alert.
+            if seen.certificate_requested and (target.review is None or _without_certificate(seen, identity)):
                 await _client_auth_verdict(reader)
             if target.review is not None:
                 status = await _post_review(target, target.review, reader, writer, identity)

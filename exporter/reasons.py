@@ -141,6 +141,10 @@ WRONG_UID = _w(Reason.HTTP_ERROR, "review_mismatch", "expected response.uid={exp
 WRONG_REVIEW = _w(Reason.HTTP_ERROR, "review_mismatch",
                   "expected webhook response of admission.k8s.io/v1, Kind=AdmissionReview, got {got}",
                   r"expected webhook response of")
+# An answer in another admission.k8s.io version than the request's: client-go cannot convert it (real v1.34 words).
+REVIEW_CONVERSION = _w(Reason.HTTP_ERROR, "review_mismatch",
+                       "converting (v1beta1.AdmissionReview) to (v1.AdmissionReview): unknown conversion",
+                       r"converting \([\w.]*AdmissionReview\) to")
 RESPONSE_ABSENT = _w(Reason.HTTP_ERROR, "http_error", "webhook response was absent", r"webhook response was absent")
 BAD_PATCH = _w(Reason.HTTP_ERROR, "http_error", "webhook returned response.patch but not response.patchType",
                r"webhook returned (invalid )?response\.patch|validating webhook may not return response\.patch")
@@ -182,7 +186,7 @@ WORDINGS: tuple[Wording, ...] = (
     NETWORK_UNREACHABLE, ADDRESS_UNAVAILABLE, RESET, DIAL_TIMEOUT, DEADLINE, CLIENT_TIMEOUT, IO_TIMEOUT,
     AWAITING_HEADERS, NO_SUCH_HOST, MISBEHAVING, UNKNOWN_AUTHORITY, NOT_YET_VALID, EXPIRED, NOT_VALID_FOR, NO_IP_SANS,
     NO_NAMES, LEGACY_COMMON_NAME, PLAIN_HTTP, FIRST_RECORD, REMOTE_ERROR,
-    TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR, WRONG_UID, WRONG_REVIEW, RESPONSE_ABSENT, BAD_PATCH,
+    TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR, WRONG_UID, WRONG_REVIEW, REVIEW_CONVERSION, RESPONSE_ABSENT, BAD_PATCH,
     INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON, NOT_A_REVIEW, CLOSED_EARLY,
     BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, NO_KNOWN_VERSION, SIDE_EFFECTS_NIL, RANGE_FULL, LOOKUP,
 )
