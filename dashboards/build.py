@@ -554,9 +554,11 @@ def detail(s: Settings) -> db.Dashboard:
     d = d.with_panel(merged_table(
         layout, "Endpoints", "Every endpoint probed (empty endpoint: nothing to dial, see reason): the last verdict "
         "and its reason, how long the last probe took and when it finished, and the served certificate's notAfter "
-        f"with the days left (red under {crit:g}).",
+        f"with the days left (red under {crit:g}). An endpoint that wants the apiserver's client certificate "
+        "(reason client_auth_required) has no verdict (-): not an outage.",
         [
-            Column("A", "verdict", f"max by ({ep}) (admission_webhook_probe_success{q.exp(hook)})",
+            Column("A", "verdict", q.fill(f"min by ({ep}) (admission_webhook_endpoint:probe_success:min"
+                                          f"{q.rec(hook)})", per="endpoint", extra=hook),
                    mappings=tuple(VERDICT), cell="color-background", width=90),
             Column("B", "reason", q.fill(f"max by ({ep}, reason) (admission_webhook_probe_failure_info"
                                          f"{q.exp(hook)})", per="endpoint", extra=hook), value=False),
@@ -592,9 +594,10 @@ def detail(s: Settings) -> db.Dashboard:
     d = d.with_row(db.Row("Probe history").id(layout.id()))
     d = d.with_panel(
         statetimeline.Panel().id(layout.id()).title("Probe result per endpoint").description(
-            "Each endpoint's probe verdict over time: green OK, red FAILING.").datasource(DATASOURCE)
-        .with_target(target(f"max by (configuration, endpoint) (admission_webhook_probe_success{q.exp(hook)})", "A",
-                            legend="{{endpoint}} ({{configuration}})"))
+            "Each endpoint's probe verdict over time: green OK, red FAILING (an endpoint that wants the apiserver's "
+            "client certificate, reason client_auth_required, has none).").datasource(DATASOURCE)
+        .with_target(target(f"min by (configuration, endpoint) (admission_webhook_endpoint:probe_success:min"
+                            f"{q.rec(hook)})", "A", legend="{{endpoint}} ({{configuration}})"))
         .mappings([*VERDICT, *NOTHING]).thresholds(steps((None, RED), (1, GREEN)))
         .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
         .show_value(cm.VisibilityMode.NEVER).merge_values(True).height(8).span(12))
