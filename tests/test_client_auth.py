@@ -269,3 +269,29 @@ def test_an_unusable_file_is_one_line(tmp_path: Path, text: str, problem: str) -
         WebhookClientConfig.load(path)
     with pytest.raises(ClientAuthError, match=r"cannot read: No such file"):
         WebhookClientConfig.load(tmp_path / "absent")
+
+
+# -- Through the command line ---------------------------------------------------------------------------------
+async def test_check_takes_the_file_and_does_not_fail_on_client_auth_required(
+        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        client_ca: CertificateAuthority, apiserver_client: ServingCertificate, tmp_path: Path) -> None:
+    """Before: `check` said `down` and failed the gate for a Fail webhook whose backend wants a client certificate."""
+    import json
+
+    from tests.test_audit import run_cli
+
+    server = start(blocking, requiring(loopback_cert, client_ca, TLS13))
+    manifests = tmp_path / "hooks.yaml"
+    manifests.write_text(yaml.safe_dump(f.configuration("authenticated", f.webhook(
+        "auth.example.com", f.url_client(server.port, ca.ca_bundle), timeout=5))))
+    code, out, err = await run_cli("check", "--manifests", str(manifests), "--output", "json")
+    (status,) = json.loads(out)["webhooks"]
+    assert (code, status["verdict"], status["reason"]) == (0, "unverified", "client_auth_required"), err
+    credentials = kubeconfig(tmp_path / "kubeconfig", {f"127.0.0.1:{server.port}": files(tmp_path, apiserver_client)})
+    code, out, err = await run_cli("check", "--manifests", str(manifests), "--output", "json",
+                                   "--webhook-client-config", str(credentials))
+    (status,) = json.loads(out)["webhooks"]
+    assert (code, status["verdict"], status["reason"]) == (0, "ok", ""), err
+    code, out, err = await run_cli("check", "--manifests", str(manifests), "--webhook-client-config",
+                                   str(tmp_path / "absent"))
+    assert code == 2 and err.count("\n") == 1 and "webhook client config" in err and "absent" in err
