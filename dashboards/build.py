@@ -69,7 +69,7 @@ DETAIL_FILE = OUTPUT_DIR / "admission-webhook-detail.json"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["admission-webhook-exporter", "kubernetes"]
 DAY = 86400
-RED, ORANGE, GREEN, BLUE, TEXT = "red", "orange", "green", "blue", "text"
+RED, ORANGE, GREEN, BLUE, PURPLE, TEXT = "red", "orange", "green", "blue", "purple", "text"
 # How a NaN fill (nothing to show) and a missing cell look.
 NOTHING: list[dm.ValueMapping] = [dm.SpecialValueMap(options=dm.DashboardSpecialValueMapOptions(
     match=dm.SpecialValueMatch.NULL_AND_NAN, result=dm.ValueMappingResult(text="-", color=TEXT)))]
@@ -77,7 +77,8 @@ VERDICT: list[dm.ValueMapping] = [dm.ValueMap(options={"1": dm.ValueMappingResul
                                 "0": dm.ValueMappingResult(text="FAILING", color=RED, index=1)})]
 SEVERITY: list[dm.ValueMapping] = [dm.ValueMap(options={"critical": dm.ValueMappingResult(color=RED, index=0),
                                  "warning": dm.ValueMappingResult(color=ORANGE, index=1),
-                                 "info": dm.ValueMappingResult(color=BLUE, index=2)})]
+                                 "latent": dm.ValueMappingResult(color=PURPLE, index=2),
+                                 "info": dm.ValueMappingResult(color=BLUE, index=3)})]
 
 
 @dataclass(frozen=True)

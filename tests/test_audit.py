@@ -60,9 +60,13 @@ EXPECTED: dict[str, set[tuple[str, str, str, str, str]]] = {
     "servicecidr-no-exclusion.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating", BOOTSTRAP,
                                        "critical")},
     "servicecidr-excluded.yaml": set(),
-    "istio-sidecar-injector.yaml": set(),
+    # Offline, without Namespace objects: kube-system's labels are unknown, and the opt-in selector would take it
+    # in once kube-system carries the label: latent (in a live cluster its labels are known).
+    "istio-sidecar-injector.yaml": {("istio-sidecar-injector", "namespace.sidecar-injector.istio.io", "admit",
+                                     KUBE_SYSTEM, "latent")},
+    # kube-system: cert-manager's own kinds there (any namespaced kind is a warning; the listed ones critical)
     "cert-manager.yaml": {(*hook, rule, "warning") for hook in (CERT_MANAGER_V, CERT_MANAGER_M)
-                          for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)},
+                          for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET, KUBE_SYSTEM)},
     "gatekeeper-ignore.yaml": {
         ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FAIL_OPEN, "info"),
         ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating", BOOTSTRAP,
@@ -71,12 +75,15 @@ EXPECTED: dict[str, set[tuple[str, str, str, str, str]]] = {
         ("team-policy", "labels.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
         ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical")},
     "cycle.yaml": {("mesh-sidecar", "inject.mesh.example.com", "admit", CYCLE, "critical"),
-                   ("log-agent", "inject.log-agent.example.com", "admit", CYCLE, "critical")},
+                   ("log-agent", "inject.log-agent.example.com", "admit", CYCLE, "critical"),
+                   ("mesh-sidecar", "inject.mesh.example.com", "admit", KUBE_SYSTEM, "latent"),
+                   ("log-agent", "inject.log-agent.example.com", "admit", KUBE_SYSTEM, "latent")},
     "misc-backends.yaml": {
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", VIRTUAL_RESOURCE, "warning"),
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", SIDE_EFFECTS, "warning"),
         ("legacy-quota", "quota.legacy.example.com", "validating", SERVICE_MISSING, "warning"),
-        ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical")},
+        ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical"),
+        ("team-quota", "quota.team.example.com", "validating", KUBE_SYSTEM, "latent")},
 }
 
 
@@ -247,13 +254,13 @@ def test_cli_report_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> 
     cert_manager = str(FIXTURES / "cert-manager.yaml")
     assert main(["audit", "--manifests", cert_manager]) == 0  # warnings only; default --fail-on critical
     text = capsys.readouterr().out
-    assert text.startswith("6 findings in 2 webhooks: 0 critical, 6 warning, 0 info\n\nWARNING (6)\n")
+    assert text.startswith("8 findings in 2 webhooks: 0 critical, 8 warning, 0 latent, 0 info\n\nWARNING (8)\n")
     assert "  [fail_policy_long_timeout] cert-manager-webhook/webhook.cert-manager.io (admit)\n" in text
     assert main(["audit", "--manifests", cert_manager, "--fail-on", "warning", "--output", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["summary"] == {"critical": 0, "warning": 6, "info": 0}
+    assert report["summary"] == {"critical": 0, "warning": 8, "latent": 0, "info": 0}
     assert {(r["type"], r["id"]) for r in report["findings"]} == {
-        (t, i) for t in ("validating", "admit") for i in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)}
+        (t, i) for t in ("validating", "admit") for i in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET, KUBE_SYSTEM)}
     assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml")]) == 1
     capsys.readouterr()
     assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml"), "--fail-on", "never"]) == 0
