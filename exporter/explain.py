@@ -808,8 +808,11 @@ def _explain_one(p: Parsed, inventory: Inventory | None, source: str) -> Explana
             keys = tuple(k for k in configurations if k.name == name)
             glass += break_glass(replace(b, name=name, configurations=keys), manager if name == b.name else None)
         if not names:
-            glass = ("# find the Fail webhooks on ipaddresses (Confirm, first command), then for each of them:",
-                     *break_glass(Backend("<webhook>"))[1:])
+            glass = ("# find the Fail webhooks on ipaddresses (Confirm, first command), or run explain again with "
+                     "--kubeconfig to have them named with their commands; for each, back it up and switch it to "
+                     "Ignore as the break glass of docs/runbooks/AdmissionWebhookProbeFailing.md says:",
+                     "#   kubectl patch <kind> <configuration> --type=strategic -p "
+                     "'{\"webhooks\":[{\"name\":\"<webhook>\",\"failurePolicy\":\"Ignore\"}]}'")
     elif p.kind == "transport_failure" and b.name and policy != "Ignore":
         glass = break_glass(b, manager)
     if p.kind == "transport_failure" and policy == "Ignore":

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from . import reasons
 from .certs import CertificateError, decode_ca_bundle, earliest_not_after, load_pem_certificates
 from .model import EndpointPort, Inventory, Service, ServicePort, Webhook, WebhookKey
 from .reasons import Reason
@@ -150,7 +151,7 @@ def _plan_service(
     assert ref is not None
     service = inventory.services.get((ref.namespace, ref.name))
     if service is None:
-        return (), StaticVerdict(Reason.SERVICE_NOT_FOUND, f'service "{ref.name}" not found'), None
+        return (), StaticVerdict(Reason.SERVICE_NOT_FOUND, reasons.SERVICE_NOT_FOUND.format(service=ref.name)), None
     path = ref.path or "/"
     review = review_spec(webhook)
 
@@ -180,7 +181,7 @@ def _plan_service(
                 for address in ep.addresses[:1]:  # the API: consumers use the first address
                     endpoints[(address, port)] = None
     if not endpoints:
-        return (), StaticVerdict(Reason.NO_ENDPOINTS, f'no endpoints available for service "{ref.name}"'), 0
+        return (), StaticVerdict(Reason.NO_ENDPOINTS, reasons.NO_ENDPOINTS.format(service=ref.name)), 0
     return tuple(target(h, p) for h, p in endpoints), None, len(endpoints)
 
 

@@ -89,6 +89,21 @@ async def test_the_ipaddress_deadlock_is_explained_and_its_break_glass_works(kub
             return
         listed = await asyncio.to_thread(shell, deadlock["confirm"][0].split("  # ")[0], control_plane.kubeconfig_path)
         assert f"{webhook} " in listed
+
+        # Without a cluster to read, the break glass finds the configuration itself ($ref): pasted into one
+        # shell as printed, it switches the webhook to Ignore; the restore it names puts it back.
+        code, out, err = await run_cli("explain", "--output", "json", ip_message)
+        (alone,) = explained(out)
+        assert alone["break_glass"][0].startswith("ref=$(kubectl get "), alone["break_glass"]
+        session = "\n".join(c for c in alone["break_glass"] if not c.startswith("#"))
+        await asyncio.to_thread(shell, f"cd {tmp_path}\n{session}", control_plane.kubeconfig_path)
+        stored = await call(admission.read_validating_webhook_configuration, name)
+        assert [w.failure_policy for w in stored.webhooks] == ["Ignore"]
+        await asyncio.to_thread(shell, f"cd {tmp_path} && kubectl replace --force -f webhook-configuration.backup.yaml",
+                                control_plane.kubeconfig_path)
+        stored = await call(admission.read_validating_webhook_configuration, name)
+        assert [w.failure_policy for w in stored.webhooks] == ["Fail"]
+
         glass = [c for c in deadlock["break_glass"] if not c.startswith("#")]
         for command in glass:
             await asyncio.to_thread(shell, f"cd {tmp_path} && {command}", control_plane.kubeconfig_path)
