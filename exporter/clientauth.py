@@ -11,26 +11,24 @@ the current context, else none. Supported per user: client-certificate(-data) wi
 tokenFile, username/password; exec and auth-provider are refused at load (the exporter does not run plugins).
 
 Files are re-read when they change (a mounted Secret is rotated in place), so a renewed certificate is
-presented without a restart; the file itself is read once, as the apiserver reads it.
+presented without a restart; the file itself is read once, as the apiserver reads it. The file is read, and its
+data decoded, by `exporter.kubeconfig`, the one reader of the kubeconfig format.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import os
 import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from .kubeconfig import KubeconfigError, decode_data, load_chain, merge_documents, read_document, relative_to
 
 
-class ClientAuthError(ValueError):
+class ClientAuthError(KubeconfigError):
     """An unusable credentials file: one line naming the file (and the user) and the problem."""
 
 
@@ -89,34 +87,18 @@ class WebhookClientConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> WebhookClientConfig:
+        """Read the file (kubeconfig's reader: a KubeconfigError names the file) and check every user now."""
         source = Path(path).expanduser()
+        merged = merge_documents([(source, read_document(source))])
         where = f"webhook client config {source}"
-        try:
-            text = source.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise ClientAuthError(f"{where}: cannot read: {why}") from err
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ClientAuthError(f"{where}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from err
-        if not isinstance(doc, dict):
-            raise ClientAuthError(f"{where}: not a kubeconfig (expected a mapping with users)")
-        entries = doc.get("users") or []
-        if not isinstance(entries, list):
-            raise ClientAuthError(f"{where}: users must be a list")
-        users: dict[str, _User] = {}
-        for i, entry in enumerate(entries):
-            name = entry.get("name") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name:
-                raise ClientAuthError(f"{where}: users[{i}] has no name")
-            body = entry.get("user") or {}
-            if not isinstance(body, dict):
-                raise ClientAuthError(f"{where}: user {name!r} must be a mapping")
-            users.setdefault(name, _parse_user(f"{where}: user {name!r}", source, name, body))
-        config = cls(source, users, _current_user(where, doc, users))
+        users = {name: _parse_user(f"{where}: user {name!r}", named.source, name, named.body)
+                 for name, named in merged.users.items()}
+        current = merged.contexts.get(merged.current_context)
+        current_user = current.body.get("user") if current is not None else None
+        if current_user and current_user not in users:
+            raise ClientAuthError(f"{where}: the current context refers to user {current_user!r}, which is not "
+                                  "defined")
+        config = cls(source, users, str(current_user) if current_user else None)
         for user in users.values():  # every certificate and key is usable now, not at the first probe
             config._identity(user)
         return config
@@ -147,10 +129,7 @@ class WebhookClientConfig:
         cert = self._read(where, "client certificate", user.cert)
         key = self._read(where, "client key", user.key)
         if cert is not None and key is not None:
-            try:
-                load_client_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
-            except ssl.SSLError as err:
-                raise ClientAuthError(f"{where}: unusable client certificate or key: {err.reason or err}") from err
+            load_chain(where, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
         authorization = user.basic
         token = self._read(where, "token", user.token)
         if token is not None:
@@ -186,7 +165,7 @@ def _parse_user(where: str, source: Path, name: str, body: Mapping[str, Any]) ->
                               "client-key(-data)")
     # The apiserver's precedence (restConfigFromKubeconfig): token, else tokenFile.
     token = (_Value(data=str(body["token"]).encode()) if body.get("token")
-             else _Value(path=_path(source, body["tokenFile"])) if body.get("tokenFile") else None)
+             else _Value(path=relative_to(source, body["tokenFile"])) if body.get("tokenFile") else None)
     basic = None
     if body.get("username") or body.get("password"):
         basic = "Basic " + base64.b64encode(f"{body.get('username', '')}:{body.get('password', '')}".encode()).decode()
@@ -194,41 +173,9 @@ def _parse_user(where: str, source: Path, name: str, body: Mapping[str, Any]) ->
 
 
 def _pem(where: str, source: Path, body: Mapping[str, Any], key: str) -> _Value | None:
-    """`<key>-data` (base64 of PEM) or `<key>` (a file), as a kubeconfig gives a client certificate or key."""
-    if body.get(f"{key}-data"):
-        try:
-            return _Value(data=base64.b64decode(str(body[f"{key}-data"]), validate=True))
-        except (binascii.Error, ValueError) as err:
-            raise ClientAuthError(f"{where}: {key}-data is not valid base64") from err
-    return _Value(path=_path(source, body[key])) if body.get(key) else None
-
-
-def _path(source: Path, value: object) -> Path:
-    """Relative to the file that names it, as clientcmd resolves kubeconfig paths."""
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else source.parent / path
-
-
-def _current_user(where: str, doc: Mapping[str, Any], users: Mapping[str, _User]) -> str | None:
-    """The current context's user, which the apiserver falls back on after `*` (rarely set in this file)."""
-    current = doc.get("current-context")
-    for entry in doc.get("contexts") or []:
-        if isinstance(entry, dict) and entry.get("name") == current and isinstance(entry.get("context"), dict):
-            user = entry["context"].get("user")
-            if isinstance(user, str) and user:
-                if user not in users:
-                    raise ClientAuthError(f"{where}: the current context refers to user {user!r}, which is not "
-                                          "defined")
-                return user
-    return None
-
-
-def load_client_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """Load a client certificate and key given as bytes (the ssl module reads files only: a private temporary
-    folder holds them for the call, then goes)."""
-    with tempfile.TemporaryDirectory(prefix="awe-client-cert-") as tmp:
-        cert_path, key_path = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
-        cert_path.write_bytes(cert_pem)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key_pem)
-        ctx.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
+    """`<key>-data` (base64 of PEM) or `<key>` (a file, relative to the kubeconfig), as a kubeconfig gives a client
+    certificate or key."""
+    if (data := decode_data(where, f"{key}-data", body.get(f"{key}-data"))) is not None:
+        return _Value(data=data)
+    path = relative_to(source, body.get(key))
+    return _Value(path=path) if path is not None else None

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import certs, reasons, resources
-from .clientauth import ClientAuthError, ClientIdentity, WebhookClientConfig, load_client_chain
+from .clientauth import ClientAuthError, ClientIdentity, WebhookClientConfig
+from .kubeconfig import load_chain
 from .reasons import Reason
 from .targets import ReviewSpec, Target, format_endpoint
 
@@ -122,8 +123,8 @@ def verifying_context(ca_pem: bytes | None, cert_pem: bytes | None = None,
     else:
         ctx.load_verify_locations(cadata=ca_pem.decode("ascii", errors="replace"))
     ctx.set_alpn_protocols(["http/1.1"])
-    if cert_pem is not None and key_pem is not None:
-        load_client_chain(ctx, cert_pem, key_pem)
+    if cert_pem is not None and key_pem is not None:  # checked when the file was loaded
+        load_chain("webhook client config", ctx, cert_pem, key_pem)
     if hasattr(ctx, "_msg_callback"):  # CPython's hook for OpenSSL's message callback (3.8+; absent: alerts only)
         setattr(ctx, "_msg_callback", _observe)  # noqa: B010  (not in the typeshed stubs)
     return ctx

@@ -12,13 +12,15 @@ step "python environment ($VENV)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
 export PATH="$PWD/$VENV/bin:$PATH"
 
-for installer in tests/controlplane/install.sh tests/helm/install.sh alerts/install-promtool.sh; do
+for installer in tests/controlplane/install.sh tests/helm/install.sh alerts/install-promtool.sh tests/image/build.sh \
+                 tests/actionlint/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 
-step "lint and types"
-ruff check exporter tests bench dashboards alerts
+step "lint, types and import layers"
+ruff check exporter tests bench dashboards alerts scripts
 mypy
+lint-imports  # .importlinter: the one-way pipeline (docs/architecture.md)
 
 step "pytest"
 set +e

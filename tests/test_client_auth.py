@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from exporter.backend import LoopbackServer, read_request, server_context
-from exporter.clientauth import ClientAuthError, WebhookClientConfig, lookup_key
+from exporter.clientauth import WebhookClientConfig, lookup_key
+from exporter.kubeconfig import KubeconfigError
 from exporter.pki import CertificateAuthority, ServingCertificate
 from exporter.probe import probe
 from exporter.reasons import Reason, recognise
@@ -251,10 +252,11 @@ def test_service_and_url_targets_carry_the_name_the_apiserver_looks_up() -> None
 def test_unusable_credentials_are_one_line_naming_the_file_and_user(tmp_path: Path, user: dict[str, Any],
                                                                     problem: str) -> None:
     path = kubeconfig(tmp_path / "kubeconfig", {"hook.team.svc": user})
-    with pytest.raises(ClientAuthError) as err:
+    with pytest.raises(KubeconfigError) as err:  # ClientAuthError is one
         WebhookClientConfig.load(path)
     message = str(err.value)
-    assert message.startswith(f"webhook client config {path}: user 'hook.team.svc': ") and problem in message
+    assert message.startswith((f"webhook client config {path}: user 'hook.team.svc': ", f"kubeconfig {path}")), message
+    assert problem in message
     assert "\n" not in message
 
 
@@ -265,9 +267,9 @@ def test_unusable_credentials_are_one_line_naming_the_file_and_user(tmp_path: Pa
 def test_an_unusable_file_is_one_line(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "kubeconfig"
     path.write_text(text)
-    with pytest.raises(ClientAuthError, match=re.escape(problem)):
-        WebhookClientConfig.load(path)
-    with pytest.raises(ClientAuthError, match=r"cannot read: No such file"):
+    with pytest.raises(KubeconfigError, match=re.escape(f"kubeconfig {path}: ") + ".*" + re.escape(problem)):
+        WebhookClientConfig.load(path)  # read by exporter.kubeconfig, in its words
+    with pytest.raises(KubeconfigError, match=r"cannot read: No such file"):
         WebhookClientConfig.load(tmp_path / "absent")
 
 
@@ -294,4 +296,4 @@ async def test_check_takes_the_file_and_does_not_fail_on_client_auth_required(
     assert (code, status["verdict"], status["reason"]) == (0, "ok", ""), err
     code, out, err = await run_cli("check", "--manifests", str(manifests), "--webhook-client-config",
                                    str(tmp_path / "absent"))
-    assert code == 2 and err.count("\n") == 1 and "webhook client config" in err and "absent" in err
+    assert code == 2 and err.count("\n") == 1 and "--webhook-client-config: kubeconfig " in err and "absent" in err

@@ -208,10 +208,9 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
         for conf, webhooks in by_conf.items():
             await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(conf, *webhooks))
             created.append(conf)
-        exporter = Exporter(interval=PROBE_INTERVAL_S)
-        discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))), exporter.state.adopt)
-        exporter.attach(discovery)
-        await discovery.start()
+        discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
+        exporter = Exporter(interval=PROBE_INTERVAL_S, discovery=discovery)
+        await exporter.start()
         port = await exporter.serve("127.0.0.1", 0)
         running = Scenario(namespace=namespace, hooks=hooks, configurations=created, exporter=exporter,
                            exporter_port=port, kube=kube)
