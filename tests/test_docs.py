@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from exporter.app import Exporter
+from exporter.canary import Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
 from exporter.reasons import Reason
@@ -27,7 +28,8 @@ def collected_metrics() -> set[str]:
     discovery.health.last_event["services"] = 1.0
     discovery.api.requests[("watch", "services")] = 1
     names = set()
-    for family in Exporter(discovery=discovery).registry.collect():
+    canary = Canary(discovery.api, CanaryConfig(namespace="canary"))  # opt-in: its families only when enabled
+    for family in Exporter(discovery=discovery, canary=canary).registry.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 

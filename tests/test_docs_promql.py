@@ -47,6 +47,7 @@ RUNBOOK_ROLES = {
     "AdmissionWebhookLatencyHigh": "healthy",
     "AdmissionWebhookConfigurationRisk": "risky",  # timeoutSeconds 20: fail_policy_long_timeout
     "AdmissionWebhookFailingOpen": "fail_open",  # Ignore, refused: the apiserver fails open
+    "AdmissionWebhookCanaryFailing": "broken",  # Fail, refused: its canary fails (connection_refused)
 }
 AIOHTTP_DEPRECATION = "ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning"
 
