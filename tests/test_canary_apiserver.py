@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from exporter.app import Exporter
-from exporter.backend import Behaviour, WebhookBackend
+from exporter.backend import Behaviour
 from exporter.canary import CANARY_LABEL, Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
@@ -175,6 +175,7 @@ async def test_a_healthy_webhook_and_one_that_denies_the_canary_both_count_as_re
         await eventually(lambda: r.value("admission_webhook_canary_success", **ok) == 1
                          and r.value("admission_webhook_canary_success", **deny) == 1, WITHIN_S,
                          "both webhooks canaried through the apiserver")
+        assert r.canary.identity is not None and r.canary.identity.username == USER  # for matchConditions
         results = r.canary.status().results
         assert results[WebhookKey(**ok)].outcome == "admitted"  # type: ignore[arg-type]
         denied = results[WebhookKey(**deny)]  # type: ignore[arg-type]
@@ -257,24 +258,29 @@ async def test_webhooks_the_canary_cannot_reach_say_why(canary_cp: ControlPlane,
         backend = await servers.backend(r.ca.issue(["127.0.0.1"]))
         unsatisfiable = {"matchExpressions": [{"key": "a", "operator": "In", "values": ["x"]},
                                               {"key": "a", "operator": "NotIn", "values": ["x"]}]}
+        # sideEffects Some: the v1 API refuses it now, v1beta1 admitted it and clusters still hold such objects,
+        # so it goes into etcd the way an old apiserver stored it.
+        legacy = f"canary-legacy-{uid()}"
+        canary_cp.etcd_put_object(f"/registry/validatingwebhookconfigurations/{legacy}", f.configuration(
+            legacy, r.hook("side-effects.canary.example.com", backend.port, side_effects="Some",
+                           objectSelector={"matchLabels": {"route": "some"}})))
+        r.configurations.append(legacy)
         conf = await r.install(
-            r.hook("side-effects.canary.example.com", backend.port, side_effects="Some",
-                   objectSelector={"matchLabels": {"route": "some"}}),
             r.hook("unsatisfiable.canary.example.com", backend.port, objectSelector=unsatisfiable),
             r.hook("elsewhere.canary.example.com", backend.port,
                    namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "somewhere-else"}}),
             r.hook("fail-open.canary.example.com", backend.port, policy="Ignore",
                    objectSelector={"matchLabels": {"route": "ignore"}}))
-        expected = {"side-effects.canary.example.com": "side_effects",
-                    "unsatisfiable.canary.example.com": "object_not_selected",
-                    "elsewhere.canary.example.com": "namespace_not_selected",
-                    "fail-open.canary.example.com": "failure_policy_ignore"}
-        await eventually(lambda: all(r.value("admission_webhook_not_canaried_info", **_key(conf, n), reason=why) == 1
-                                     for n, why in expected.items()), WITHIN_S, "every webhook has its reason")
+        expected = {(legacy, "side-effects.canary.example.com"): "side_effects",
+                    (conf, "unsatisfiable.canary.example.com"): "object_not_selected",
+                    (conf, "elsewhere.canary.example.com"): "namespace_not_selected",
+                    (conf, "fail-open.canary.example.com"): "failure_policy_ignore"}
+        await eventually(lambda: all(r.value("admission_webhook_not_canaried_info", **_key(c, n), reason=why) == 1
+                                     for (c, n), why in expected.items()), WITHIN_S, "every webhook has its reason")
         await asyncio.sleep(3 * INTERVAL_S)  # rounds in which a wrongly planned canary would have been sent
-        for n in expected:
-            assert r.value("admission_webhook_canary_success", **_key(conf, n)) is None, n
-            assert r.value("admission_webhook_probe_success", **_key(conf, n),
+        for c, n in expected:
+            assert r.value("admission_webhook_canary_success", **_key(c, n)) is None, n
+            assert r.value("admission_webhook_probe_success", **_key(c, n),
                            endpoint=f"127.0.0.1:{backend.port}") == 1, n  # the probes go on regardless
         assert not [c for c in backend.calls if c.name.startswith("awe-canary-")]
         assert not r.canary.targets

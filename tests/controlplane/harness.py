@@ -43,6 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -664,6 +665,18 @@ class ControlPlane:
         r = self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode(), "count_only": True})
         return int(r["header"]["revision"])
 
+    def etcd_put_object(self, key: str, obj: dict[str, Any]) -> None:
+        """Store ``obj`` as JSON under ``key`` (``/registry/<resource>/[<namespace>/]<name>``) straight into etcd,
+        past the apiserver's validation: for objects that today's API refuses but older API versions admitted and
+        clusters still hold (a webhook with ``sideEffects: Some``, stored through admissionregistration/v1beta1).
+        The apiserver reads JSON from etcd as it reads its own protobuf; its watch cache picks the object up.
+        """
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._etcd_post("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                       "value": base64.b64encode(json.dumps(obj).encode()).decode()})
+
     def compact_etcd(self, revision: int | None = None) -> int:
         """Compact etcd history up to ``revision`` (default: current) the way kube-apiserver's own
         compactor does, and return the revision.
@@ -714,8 +727,9 @@ class ControlPlane:
         """Model a firewall between the control plane and one destination: the proxy drops (``how="drop"``: the
         CONNECT is never answered, the apiserver times out) or rejects (``"reject"``: 502, a refused dial) every
         CONNECT to ``target`` (``host:port`` as the apiserver dials it: a url webhook's host and port, a Service's
-        ``clusterIP:port`` or ``name.ns.svc:port``). Takes effect on the next CONNECT, and the proxy cuts the tunnels already open to
-        ``target`` (the apiserver keeps its connections to a webhook alive) within a fraction of a second."""
+        ``clusterIP:port`` or ``name.ns.svc:port``). Takes effect on the next CONNECT, and the proxy cuts the
+        tunnels already open to ``target`` (the apiserver keeps its connections to a webhook alive) within a
+        fraction of a second."""
         if how not in ("drop", "reject"):
             raise ValueError(f"how is drop or reject, not {how!r}")
         m: dict[str, str] = json.loads(self.egress_map_path.read_text() or "{}")
