@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -139,6 +140,17 @@ class CanaryTarget:
     resource: Resource
     namespace: str
     body: str
+    backend: str = ""  # host:port as the apiserver prints it in `Post "https://<backend>/..."`
+
+
+def backend_of(hook: Webhook) -> str:
+    """Where the apiserver posts the webhook's calls, as its error text shows it (the URL's netloc)."""
+    if hook.service is not None:
+        return f"{hook.service.server_name}:{hook.service.port}"
+    try:
+        return urlsplit(hook.url or "").netloc.rpartition("@")[2]
+    except ValueError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -250,7 +262,7 @@ def _candidate(hook: Webhook, resource: Resource, inventory: Inventory, config: 
         return 2, NotCanaried.OBJECT_NOT_SELECTED, detail
     if outcome == "unknown":
         return 3, NotCanaried.MATCH_CONDITIONS_UNDECIDED, detail
-    return CanaryTarget(hook.key, resource, config.namespace, json.dumps(obj, sort_keys=True))
+    return CanaryTarget(hook.key, resource, config.namespace, json.dumps(obj, sort_keys=True), backend_of(hook))
 
 
 def plan_webhook(hook: Webhook, inventory: Inventory, config: CanaryConfig,
@@ -291,28 +303,41 @@ def plan_canary(inventory: Inventory, config: CanaryConfig, identity: Identity =
 # -- Reading the answer: a pure function of the response ----------------------------------------------------
 _CALLING = re.compile(r'failed calling webhook "(?P<name>[^"]+)"[:;] ?(?:failed to call webhook: )?(?P<rest>.*)',
                       re.S)
+_POST = re.compile(r'^Post "https?://(?P<netloc>[^/"?]+)')
 _DENIED = re.compile(r'admission webhook "(?P<name>[^"]+)" (?:denied the request|does not support dry run)')
 # kube-apiserver's words for the failures that are not a webhook's (k8s.io/apiserver, k8s.io/kubernetes)
 _RBAC = re.compile(r"cannot create resource")
 _QUOTA = re.compile(r"exceeded quota")
 
 
-def read_answer(webhook: str, status: int, body: Any) -> tuple[Outcome, str, str]:
+def read_answer(webhook: str, status: int, body: Any, backend: str = "") -> tuple[Outcome, str, str]:
     """(outcome, reason, the apiserver's message) of a dry-run create meant to reach webhook `webhook` (its name,
-    the name the apiserver prints). `status` 0: no answer, `body` says why."""
+    the name the apiserver prints) at `backend` (host:port). `status` 0: no answer, `body` says why.
+
+    Validating webhooks are called in parallel and the apiserver returns the first error, so another webhook's
+    failure can hide this one's call. When that other webhook's call failed on the way to the same host and port,
+    for a reason of the way there (not of its own answer), the path to this backend is what is broken: a failure
+    for this webhook too. Otherwise it says nothing about this webhook.
+    """
     if 200 <= status < 300:
         return "admitted", "", ""
     message = str(body.get("message", "")) if isinstance(body, Mapping) else str(body)
     if status == 0:
         return "inconclusive", Inconclusive.APISERVER_UNREACHABLE, message
     if (m := _CALLING.search(message)) is not None:
-        if m["name"] != webhook:
-            return "inconclusive", Inconclusive.OTHER_WEBHOOK, message
         rest = m["rest"]
         if rest.startswith(("could not get REST client", "could not create admission objects")):
-            return "failed", Reason.INVALID_CONFIG, message  # the apiserver cannot build the call (caBundle, ...)
-        wording = recognise(rest)
-        return "failed", wording.reason if wording is not None else UNRECOGNISED, message
+            reason: str = Reason.INVALID_CONFIG  # the apiserver cannot build the call (caBundle, ...)
+        else:
+            wording = recognise(rest)
+            reason = wording.reason if wording is not None else UNRECOGNISED
+        if m["name"] == webhook:
+            return "failed", reason, message
+        post = _POST.match(rest)
+        same_way = backend and post is not None and post["netloc"] == backend
+        if same_way and reason not in (Reason.HTTP_ERROR, Reason.INVALID_CONFIG, UNRECOGNISED):
+            return "failed", reason, message
+        return "inconclusive", Inconclusive.OTHER_WEBHOOK, message
     if (m := _DENIED.search(message)) is not None:
         if m["name"] != webhook:
             return "inconclusive", Inconclusive.OTHER_WEBHOOK, message
@@ -492,7 +517,7 @@ class Canary:
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             status, body = 0, f"{type(err).__name__}: {err}".rstrip(": ")
         duration = self._clock() - started
-        outcome, reason, detail = read_answer(target.key.name, status, body)
+        outcome, reason, detail = read_answer(target.key.name, status, body, target.backend)
         return CanaryResult(outcome, str(reason), detail, status, target.resource.plural, duration, self._wall())
 
     def _record(self, key: WebhookKey, result: CanaryResult) -> None:
@@ -500,7 +525,7 @@ class Canary:
         self._results[key] = result
         self._requests[result.outcome] += 1
         changed = previous is None or (previous.outcome, previous.reason) != (result.outcome, result.reason)
-        level = logging.DEBUG if not changed else logging.INFO if result.success else logging.WARNING
+        level = logging.DEBUG if not changed else logging.WARNING if result.outcome == "failed" else logging.INFO
         event(log, level, "canary_result", configuration=key.configuration, name=key.name, type=key.type,
               outcome=result.outcome, reason=result.reason, status=result.status, resource=result.resource,
               duration=f"{result.duration_seconds:.3f}", detail=result.detail)

@@ -274,6 +274,27 @@ def test_the_answer_is_read_in_the_apiservers_words(code: int, message: str, out
     assert got == (outcome, reason, message)
 
 
+def test_another_webhook_failing_on_the_way_to_the_same_backend_is_this_ones_failure() -> None:
+    """Two validating webhooks of one backend (a policy engine's): the apiserver returns whichever error comes
+    first; a failure of the way to the same host:port is this webhook's too, any other is not."""
+    other = 'Internal error occurred: failed calling webhook "other.example.com": failed to call webhook: '
+    timeout = other + f"{POST}: context deadline exceeded"
+    assert read_answer(HOOK, 500, status(500, timeout), "hook.ns.svc:443") == ("failed", Reason.TIMEOUT, timeout)
+    assert read_answer(HOOK, 500, status(500, timeout), "other.ns.svc:443")[:2] == (
+        "inconclusive", Inconclusive.OTHER_WEBHOOK)
+    answer = other + f'{POST}: the server responded with the status code 500 but did not return more information'
+    assert read_answer(HOOK, 500, status(500, answer), "hook.ns.svc:443")[:2] == (  # its answer, not the way
+        "inconclusive", Inconclusive.OTHER_WEBHOOK)
+
+
+def test_the_backend_is_what_the_apiserver_prints() -> None:
+    from exporter.canary import backend_of
+
+    inventory = inventory_of(f.configuration("c", f.webhook("s.example.com", f.service_client("ns", "hook", "")),
+                                             f.webhook("u.example.com", f.url_client(8443, ""))))
+    assert [backend_of(h) for h in inventory.webhooks] == ["hook.ns.svc:443", "127.0.0.1:8443"]
+
+
 def test_no_answer_is_inconclusive_with_the_error() -> None:
     assert read_answer(HOOK, 0, "ClientConnectorError: cannot connect") == (
         "inconclusive", Inconclusive.APISERVER_UNREACHABLE, "ClientConnectorError: cannot connect")

@@ -27,8 +27,9 @@ The ``no_endpoints`` Service's only endpoint (10.213.7.0/24, the test network na
 validation accepts) is never ready, so neither the exporter nor the apiserver ever dials it.
 
 The exporter runs in-process as ``serve`` would (live discovery with the admin kubeconfig, probe interval
-1 s), with the canary on in our namespace (``--canary-namespace``, interval 1 s: healthy, expiring, denying and
-risky are reachable through the apiserver, broken and no_endpoints are not, fail_open is not canaried: Ignore),
+1 s), with the canary on in our namespace (``--canary-namespace``, interval 1 s: healthy, expiring and denying are
+reachable through the apiserver, broken and no_endpoints are not, risky's dry run is answered by no_endpoints'
+failure first (inconclusive), fail_open is not canaried: Ignore),
 and serves /metrics on 127.0.0.1; kubernetes client calls run in a thread so that this event loop keeps
 serving the backends, the exporter and its probes meanwhile.
 """
