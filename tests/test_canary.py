@@ -493,3 +493,21 @@ def test_an_empty_status_makes_only_the_counter() -> None:
     assert "admission_webhook_exporter_canary_requests_total" in text
     assert Counter(line.split("{")[0] for line in text.splitlines() if not line.startswith("#")) == Counter(
         {"admission_webhook_exporter_canary_requests_total": 4})
+
+
+# -- the command line ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["--manifests", "tests/fixtures/audit/cycle.yaml", "--canary-namespace", "c"],
+     "--canary-namespace needs a cluster"),
+    (["--canary-namespace", "c", "--canary-resources", "configmaps,secrets"],
+     "--canary-resources: the canary's resources are configmaps and pods; got 'secrets'"),
+    (["--canary-namespace", "c", "--canary-resources", ","], "--canary-resources: the canary needs at least one"),
+    (["--canary-namespace", "c", "--canary-interval", "0"], "--canary-interval: expected a number of seconds from 1"),
+])
+def test_bad_canary_flags_are_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter.cli import main
+
+    source = [] if "--manifests" in args else ["--kubeconfig", "/nonexistent"]  # never read: refused before
+    assert main(["serve", "--listen-address", "127.0.0.1:0", *source, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
