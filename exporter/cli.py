@@ -32,6 +32,7 @@ from .app import Exporter
 from .audit import SEVERITIES, at_or_above, audit
 from .audit import to_json as audit_json
 from .audit import to_text as audit_text
+from .canary import DEFAULT_INTERVAL, Canary, CanaryConfig, parse_resources
 from .clientauth import WebhookClientConfig
 from .discovery import Discovery
 from .explain import MAX_INPUT_CHARS, explain_all, probe_verdicts, webhooks_to_probe, with_verdicts
@@ -100,6 +101,7 @@ class Bounded:
 # open-file limit; a demo runs at least long enough for its first round to print.
 PROBE_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 PROBE_CONCURRENCY = Bounded(int, 1, 1024)
+CANARY_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 DEMO_DURATION = Bounded(float, 1, 86_400, "seconds", hint=" (leave --duration out to run until interrupted)")
 
 
@@ -138,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--canary-namespace", metavar="NAMESPACE",
+                       help="opt in to the canary: a dry-run create (dryRun=All, nothing stored) per webhook through "
+                            "the apiserver's own path, of an object in this existing namespace (needs `create` on "
+                            "the canary's resources there); off unless given")
+    serve.add_argument("--canary-interval", type=CANARY_INTERVAL, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                       help=f"seconds between two canaries of one webhook, 1-86400 (default {DEFAULT_INTERVAL:g})")
+    serve.add_argument("--canary-resources", default="configmaps,pods", metavar="LIST",
+                       help="what the canary may create (dry run), in order of preference: configmaps, pods or both "
+                            "(default configmaps,pods)")
     serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
                        help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
                             "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
@@ -351,8 +362,20 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
     return 0
 
 
+def _canary_config(args: argparse.Namespace) -> CanaryConfig:
+    try:
+        resources = parse_resources(n.strip() for n in args.canary_resources.split(",") if n.strip())
+        return CanaryConfig(namespace=args.canary_namespace, resources=resources, interval=args.canary_interval)
+    except ValueError as err:
+        raise UsageError(f"--canary-resources: {err}") from err
+
+
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen_address)
+    if args.canary_namespace is not None:
+        if args.manifests:
+            raise UsageError("--canary-namespace needs a cluster: the canary asks the apiserver, --manifests has none")
+        _canary_config(args)  # a bad value is a usage error before anything starts
     health = (_listen_address(args.health_listen_address, "--health-listen-address")
               if args.health_listen_address else None)
     try:  # read and checked before anything starts: a bad file is one line and exit 2
@@ -369,10 +392,14 @@ async def run_serve(args: argparse.Namespace) -> int:
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = await _discovery(args)
+    canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
-                        probe_fn=prober(credentials))
+                        canary=canary, probe_fn=prober(credentials))
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
+    if canary is not None:
+        event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
+              resources=",".join(r.plural for r in canary.config.resources))
     return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 

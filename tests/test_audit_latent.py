@@ -85,7 +85,7 @@ def slow_webhooks() -> list[dict[str, Any]]:
 def cluster(*namespaces: dict[str, Any]) -> list[dict[str, Any]]:
     """A live cluster's view: its Namespaces (with their labels) and the webhooks' backend Service."""
     return [namespace("default"), namespace("kube-system"), namespace("hooks"), *namespaces,
-            f.service("hooks", "backend", [{"port": 443, "targetPort": 8443}])]
+            f.service("hooks", "backend", [{"port": 443, "targetPort": 443}])]  # a port control planes reach
 
 
 def test_the_timeout_budget_a_selector_hides_is_a_latent_finding() -> None:
