@@ -281,9 +281,10 @@ async def _answers_plain_http(target: Target) -> bool:
         reader, writer = await _connect(target)
     except ProbeFailure:
         return False
-    try:
+    try:  # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the probe's own cancellation
         writer.write(outgoing.read())
-        return await asyncio.wait_for(reader.readexactly(5), PEEK_SECONDS) == b"HTTP/"
+        async with asyncio.timeout(PEEK_SECONDS):
+            return await reader.readexactly(5) == b"HTTP/"
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
@@ -294,11 +295,13 @@ async def _client_auth_verdict(reader: asyncio.StreamReader) -> None:
     """A handshake-only probe of a server that asked for a client certificate: TLS 1.3 completes the client's
     handshake before the server judges the certificate it got (or did not), so wait briefly for that judgement.
     An alert raises ssl.SSLError, a hang-up returns b"" (EOF): both are failures; silence is acceptance."""
-    try:
-        if await asyncio.wait_for(reader.read(1), CLIENT_AUTH_VERDICT_SECONDS) == b"":
-            raise asyncio.IncompleteReadError(b"", 1)
+    try:  # asyncio.timeout, not wait_for, which can swallow the probe's cancellation in 3.11
+        async with asyncio.timeout(CLIENT_AUTH_VERDICT_SECONDS):
+            answer = await reader.read(1)
     except TimeoutError:
         return  # it waits for a request: the certificate (or its absence) was accepted
+    if answer == b"":
+        raise asyncio.IncompleteReadError(b"", 1)
 
 
 def tls_wording(err: ssl.SSLError) -> str:
