@@ -19,6 +19,15 @@ def exporter_image(node_image: Callable[[str], list[str]]) -> str:
     return image
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/node/test_host.py starts nodes of its own, and the machine holds one at a time: it runs before
+    any test that starts the session's shared node (tests/monitoring/ included)."""
+    first = [i for i in items if i.nodeid.startswith("tests/node/test_host.py")]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for timings in TIMINGS:
         line = " ".join(f"{k}={v:.1f}s" for k, v in timings.items())

@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -631,3 +632,45 @@ def _healthz(url: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
     with opener.open(url, timeout=2) as r:
         return bool(r.status == 200)
+
+
+def pause_pod(name: str, namespace: str = "default") -> dict[str, Any]:
+    """A Pod that only runs the sandbox image's pause process: something real for the kubelet to run, with
+    nothing to load but the pause image."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
+                     "containers": [{"name": "pause", "image": SANDBOX_IMAGE, "imagePullPolicy": "Never"}]}}
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.node.harness up [--image ARCHIVE]... [--pause-pod]``: start a node, print one JSON
+    line (kubeconfig, run dir, pod range), and keep it until SIGTERM/SIGINT; then stop it and print the
+    teardown notes. For people, and for the test that kills a node mid-run."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="python -m tests.node.harness")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a node and keep it until SIGTERM/SIGINT")
+    up.add_argument("--image", type=Path, action="append", default=[], help="docker-archive to load (repeatable)")
+    up.add_argument("--pause-pod", action="store_true", help="run a pause Pod in default and wait for it")
+    a = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node = NodeCluster(images=a.image).start()
+    try:
+        if a.pause_pod:
+            node.kubectl("apply", "-f", "-", input=json.dumps(pause_pod("pause")))
+            node.kubectl("wait", "--for=condition=Ready", "pod/pause", "--timeout=120s")
+        print(json.dumps({"event": "ready", "kubeconfig": str(node.kubeconfig_path), "run_dir": str(node.run_dir),
+                          "pod_cidr": str(POD_CIDR), "timings": node.timings}), flush=True)
+        stop.wait()
+    finally:
+        node.stop()
+        print(json.dumps({"event": "stopped", "notes": node.teardown_notes, "timings": node.timings}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
