@@ -69,7 +69,6 @@ class HostState:
     cni_network: str
     containerd_socket: str
     sysctls: dict[str, str] = field(default_factory=dict)
-    netns_before: list[str] = field(default_factory=list)
     shim_sockets_before: list[str] = field(default_factory=list)
     dirs_before: list[str] = field(default_factory=list)
 
@@ -144,7 +143,6 @@ def write_sysctl(name: str, value: str) -> None:
 def record(state: HostState) -> None:
     """Fill in the values :func:`undo` restores or compares against, then save the state."""
     state.sysctls = {n: read_sysctl(n) for n in SYSCTLS}
-    state.netns_before = sorted(p.name for p in NETNS_DIR.glob("*")) if NETNS_DIR.is_dir() else []
     state.shim_sockets_before = sorted(p.name for p in SHIM_SOCKETS.glob("*")) if SHIM_SOCKETS.is_dir() else []
     state.dirs_before = [d for d in MACHINE_DIRS if os.path.lexists(d)]
     state.save()
@@ -193,15 +191,13 @@ def _netns_addresses(name: str) -> list[ipaddress.IPv4Address]:
 
 
 def _remove_pod_netns(state: HostState, notes: list[str]) -> None:
-    """CRI's pod namespaces (``/run/netns/cni-*``): ours hold an address of our pod range, or appeared while
-    we ran and hold no address but loopback (a sandbox whose network setup failed)."""
+    """CRI's pod namespaces (``/run/netns/cni-*``) that hold an address of our pod range. (One whose network
+    setup failed holds none; containerd removes those itself. Another program's namespaces are never touched.)"""
     if not NETNS_DIR.is_dir():
         return
     pods = ipaddress.IPv4Network(state.pod_cidr)
     for p in sorted(NETNS_DIR.glob("cni-*")):
-        addrs = _netns_addresses(p.name)
-        new_and_empty = p.name not in state.netns_before and all(a.is_loopback for a in addrs)
-        if any(a in pods for a in addrs) or new_and_empty:
+        if any(a in pods for a in _netns_addresses(p.name)):
             for pid in run("ip", "netns", "pids", p.name, check=False).stdout.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
