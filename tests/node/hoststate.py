@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,14 +36,21 @@ CNI_RESULTS = Path("/var/lib/cni/results")
 SHIM_SOCKETS = Path("/run/containerd/s")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 #: machine-wide directories a kubelet or containerd makes unless told otherwise; the ones that did not exist
-#: before the node started are removed afterwards (only when empty once our entries are gone)
+#: before the node started are removed afterwards (only when empty once our entries are gone) ...
 MACHINE_DIRS = ("/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/var/lib/cni", "/var/lib/containerd",
                 "/run/containerd", "/opt/containerd", "/opt/cni", "/etc/kubernetes", "/var/run/kubernetes",
                 "/usr/libexec/kubernetes")
-#: what the kubelet sets at start (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables), plus
-#: ip_forward, which a CNI bridge in gateway mode would set (ours is not, but a changed value is put back)
-SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
-           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward")
+#: ... except the kubelet's own, which are removed whole when they appeared while the node ran: one kubelet
+#: runs on the machine at a time (the lock), and some paths are fixed whatever its --root-dir (its device
+#: plugin socket is always /var/lib/kubelet/device-plugins/kubelet.sock)
+KUBELET_DIRS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/usr/libexec/kubernetes")
+#: what the kubelet sets at start, and to what (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables).
+#: Our CNI bridge is not in gateway mode, so net.ipv4.ip_forward is not ours to touch (another program's
+#: podman network may set it while we run).
+KUBELET_SYSCTLS = {"vm.overcommit_memory": "1", "vm.panic_on_oom": "0", "kernel.panic": "10",
+                   "kernel.panic_on_oops": "1", "kernel.keys.root_maxkeys": "1000000",
+                   "kernel.keys.root_maxbytes": "25000000"}
+SYSCTLS = tuple(KUBELET_SYSCTLS)
 
 
 class HostError(RuntimeError):
@@ -358,6 +366,8 @@ def _remove_new_dirs(state: HostState, notes: list[str]) -> None:
     them. Deepest first, never recursively: another program's files there are not ours to delete."""
     for d in sorted(set(MACHINE_DIRS) - set(state.dirs_before), key=len, reverse=True):
         p = Path(d)
+        if d in KUBELET_DIRS and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
         if p.is_dir() and not p.is_symlink():
             for sub in sorted((s for s in p.rglob("*") if s.is_dir()), key=lambda s: len(s.parts), reverse=True):
                 with contextlib.suppress(OSError):
@@ -375,9 +385,12 @@ def leaked_dirs(state: HostState) -> list[str]:
 
 
 def _restore_sysctls(state: HostState, notes: list[str]) -> None:
+    """Back to the recorded value where the kubelet changed it, and only while it still holds the kubelet's
+    value: a later change by someone else is theirs."""
     for name, value in state.sysctls.items():
         try:
-            if read_sysctl(name) != value:
+            current = read_sysctl(name)
+            if current != value and current == KUBELET_SYSCTLS.get(name):
                 write_sysctl(name, value)
                 notes.append(f"sysctl {name}={value}")
         except OSError as e:
