@@ -18,11 +18,14 @@ from typing import NoReturn
 
 import pytest
 
-from .harness import NodeCluster, NodeError, NodeUnavailable, images_dir
+from .harness import LOCK_TIMEOUT_S, NodeCluster, NodeError, NodeUnavailable, images_dir
 
-__all__ = ["NODE_REQUIRE_ENV", "node_cluster", "node_image"]
+__all__ = ["NODE_REQUIRE_ENV", "NODE_TEST_TIMEOUT", "node_cluster", "node_image"]
 
 NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
+#: per-test bound of the node tests (pytest-timeout; the suite's default is 300 s): the first one starts the
+#: node, and on a shared machine may first wait up to LOCK_TIMEOUT_S for another session's node to stop
+NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 300)
 
 
 def _unavailable(reason: str) -> NoReturn:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from . import fixtures, hoststate
+from .fixtures import NODE_TEST_TIMEOUT
 from .harness import (
     BRIDGE,
     CGROUP_ROOT,
@@ -34,7 +35,7 @@ from .harness import (
     pause_pod,
 )
 
-pytestmark = [pytest.mark.node, pytest.mark.slow]
+pytestmark = [pytest.mark.node, pytest.mark.slow, NODE_TEST_TIMEOUT]
 RUN_DIR_PREFIX = "/tmp/awe-node-"
 POD_PREFIX = str(POD_CIDR.network_address).rsplit(".", 1)[0] + "."  # "10.213.8."
 

@@ -21,10 +21,11 @@ from exporter.pki import CertificateAuthority
 
 from . import chart
 from .chart import NAMESPACE, RELEASE, RESTRICTED, SELECTOR
+from .fixtures import NODE_TEST_TIMEOUT
 from .harness import NodeCluster, eventually
 from .workloads import Backend, as_list, namespace, webhook_configuration
 
-pytestmark = [pytest.mark.node, pytest.mark.slow]
+pytestmark = [pytest.mark.node, pytest.mark.slow, NODE_TEST_TIMEOUT]
 
 
 @pytest.fixture

@@ -37,10 +37,11 @@ from exporter.pki import CertificateAuthority
 from . import chart, observe
 from .chart import NAMESPACE, RESTRICTED, Sample
 from .docs import code_blocks, commands, section
+from .fixtures import NODE_TEST_TIMEOUT
 from .harness import REPO_ROOT, NodeCluster, NodeError, eventually
 from .workloads import BACKEND_PORT, Backend, as_list, namespace, webhook_configuration
 
-pytestmark = [pytest.mark.node, pytest.mark.slow]
+pytestmark = [pytest.mark.node, pytest.mark.slow, NODE_TEST_TIMEOUT]
 
 RUNBOOK = REPO_ROOT / "docs" / "runbooks" / "AdmissionWebhookNoReadyEndpoints.md"
 KIND = "validatingwebhookconfiguration"
