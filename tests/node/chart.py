@@ -75,8 +75,15 @@ def delete_namespace(node: NodeCluster, name: str, timeout_s: float = 90.0) -> N
 def install_operator_crds(node: NodeCluster) -> None:
     """ServiceMonitor and PrometheusRule CRDs (the chart renders both by default)."""
     node.kubectl("apply", "--server-side", "-f", str(CRDS))
+
+    def established(crd: str) -> bool:
+        status, body = node.request(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
+        conditions = json.loads(body).get("status", {}).get("conditions") or [] if status == 200 else []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    # (`kubectl wait --for=condition=Established` fails at once on a CRD whose status is not written yet.)
     for crd in OPERATOR_KINDS:
-        node.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        eventually(lambda crd=crd: established(crd), timeout_s=60, what=f"CRD {crd} established")
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,9 @@ def scrape(node: NodeCluster, namespace: str = NAMESPACE) -> list[Sample]:
             for family in text_string_to_metric_families(body.decode()) for s in family.samples]
 
 
-def find(samples: list[Sample], name: str, **labels: str) -> list[Sample]:
-    return [s for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+def find(samples: list[Sample], metric: str, /, **labels: str) -> list[Sample]:
+    """Samples of ``metric`` carrying ``labels`` (a webhook's ``name`` label included)."""
+    return [s for s in samples if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 def pods(node: NodeCluster, namespace: str, selector: str = SELECTOR) -> list[dict[str, Any]]:

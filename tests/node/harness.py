@@ -523,11 +523,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         t0 = time.monotonic()
         for name in ("kube-controller-manager", "kube-scheduler"):  # nothing recreates what we delete next
             self._stop_proc(name)
-        self._drain_pods()
-        for name in ("kubelet",):
-            self._stop_proc(name)
+        self._phase("stop_drain", self._drain_pods)
+        self._stop_proc("kubelet")
         if "containerd" in self._procs and self._procs["containerd"].alive():
-            self._remove_containers()
+            self._phase("stop_containers", self._remove_containers)
         self._stop_proc("containerd")
         self._stop_proc("apiserver-forward")
         if self.cp is not None:
@@ -535,7 +534,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if self._refuse is not None:
             self._refuse.close()
             self._refuse = None
+        t1 = time.monotonic()
         self.teardown_notes = hoststate.undo(self.state)
+        self.timings["stop_undo"] = time.monotonic() - t1
         if os.environ.get("AWE_KEEP_NODE_DIR") != "1":
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.state.forget()

@@ -76,6 +76,7 @@ class SliceWatch:
             if not self._stop.is_set():
                 self.error = repr(e)
         finally:
+            conn.close()
             self._ready.set()
 
     def __enter__(self) -> SliceWatch:

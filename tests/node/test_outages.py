@@ -85,8 +85,8 @@ def hook_labels(config: dict[str, Any]) -> dict[str, str]:
     return {"configuration": config["metadata"]["name"], "name": config["webhooks"][0]["name"], "type": "validating"}
 
 
-def value(samples: list[Sample], name: str, **labels: str) -> float | None:
-    found = chart.find(samples, name, **labels)
+def value(samples: list[Sample], metric: str, /, **labels: str) -> float | None:
+    found = chart.find(samples, metric, **labels)
     return found[0].value if len(found) == 1 else None
 
 
@@ -152,7 +152,10 @@ def gated_pod_creates(node: NodeCluster, namespace: str) -> list[str]:
     No audit rule names the exporter's namespace (the CLI does not know where the exporter runs), so this
     asks the engine behind every finding directly.
     """
-    from exporter.audit import PODS, REPLICASET_CONTROLLER, Request, intercepts
+    try:  # exporter.audit as a package (its matching module; branch helpers) or as one module (main)
+        from exporter.audit.matching import PODS, REPLICASET_CONTROLLER, Request, intercepts  # type: ignore
+    except ImportError:
+        from exporter.audit import PODS, REPLICASET_CONTROLLER, Request, intercepts
     from exporter.cli import _live_inventory
 
     args = argparse.Namespace(kubeconfig=str(node.kubeconfig_path), context=None)
@@ -257,7 +260,7 @@ def run_break_glass(node: NodeCluster, config: str, webhook: str, workdir: Path)
 
 def restore_command(config: str) -> str:
     """Step 2's restore, from the runbook's text: the command that puts the backup back."""
-    text = section(RUNBOOK.read_text(), "Break glass")
+    text = re.sub(r"^ *```.*?^ *```", "", section(RUNBOOK.read_text(), "Break glass"), flags=re.M | re.S)
     (found, *_) = [c for c in re.findall(r"`([^`]+)`", text) if c.startswith("kubectl") and "backup.yaml" in c
                    and " get " not in c]
     return re.sub(r"\bCONFIG\b", config, found)
