@@ -24,8 +24,9 @@ __all__ = ["NODE_REQUIRE_ENV", "NODE_TEST_TIMEOUT", "node_cluster", "node_image"
 
 NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
 #: per-test bound of the node tests (pytest-timeout; the suite's default is 300 s): the first one starts the
-#: node, and on a shared machine may first wait up to LOCK_TIMEOUT_S for another session's node to stop
-NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 300)
+#: node (and may build the image, when its sources changed), and on a shared machine may first wait up to
+#: LOCK_TIMEOUT_S for another session's node to stop
+NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 900)
 
 
 def _unavailable(reason: str) -> NoReturn:
