@@ -1,23 +1,36 @@
 #!/usr/bin/env python3
-"""Render the alerting bundle from its single source.
+"""Render the alerting bundle from its single source, straight into the places that consume it.
 
-    alerts/src/*.yaml  +  alerts/config.yaml  ->  alerts/rules/*.yaml        (plain Prometheus rule files)
-                                               ->  deploy/prometheus-rule.yaml (one PrometheusRule, all groups)
+    alerts/src/*.yaml + alerts/config.yaml  ->  alerts/rules/*.yaml            concrete rule files (promtool
+                                                                               tests, Prometheus rule_files)
+                                            ->  <chart>/files/rules/*.yaml     the sources, placeholders named
+                                                                               after the chart's values
+                                            ->  <chart>/values.yaml            prometheusRule.config defaults
+                                                                               (those lines only)
+                                            ->  <chart>/files/rule-defaults.yaml  the same defaults, which the
+                                                                               chart falls back on
+
+where <chart> is deploy/helm/admission-webhook-exporter. The chart substitutes its values
+(``prometheusRule.config.<key>``) into its copy of the sources when it renders the PrometheusRule, the way
+this script substitutes config.yaml here, so every threshold and duration is a chart value whose default is
+config.yaml's (``cert_critical_days`` is ``prometheusRule.config.certCriticalDays``).
 
 The sources are Prometheus rule files with ``${key}`` placeholders for the keys of config.yaml. The
 substitution is plain text, done before YAML is parsed, so a placeholder may stand anywhere (a number in
 an expression, a duration, part of a URL). ``${`` occurs neither in PromQL nor in the ``{{ $labels.x }}``
-templates Prometheus expands in annotations, so the two never collide. An unknown placeholder, an
-override of a key config.yaml does not have, and a rendered rule without the labels and annotations every
-alert must carry are errors, not warnings.
+templates Prometheus expands in annotations, so the two never collide. An unknown placeholder, a key no
+rule uses, an override of a key config.yaml does not have, a duration that is not a Prometheus duration,
+a threshold that is not a number, and a rendered rule without the labels and annotations every alert must
+carry are errors, not warnings.
 
 Usage:
     python3 alerts/render.py                      # write the committed files
     python3 alerts/render.py --check              # exit 1 if a committed file is not what would be written
-    python3 alerts/render.py --set cert_critical_days=3 -f overrides.yaml \\
-        --rules-dir /tmp/rules --prometheus-rule /tmp/prometheus-rule.yaml   # a site's own thresholds
+    python3 alerts/render.py --set cert_critical_days=3 -f overrides.yaml --rules-dir /tmp/rules
+                                                  # a site's own rule files (the committed ones keep the defaults)
 
-Needs Python 3.11 and PyYAML only.
+scripts/generate.sh runs this, then the dashboards and deploy/manifests generators. Needs Python 3.11 and
+PyYAML only.
 """
 
 from __future__ import annotations
@@ -36,21 +49,50 @@ ROOT = ALERTS_DIR.parent
 SRC_DIR = ALERTS_DIR / "src"
 CONFIG = ALERTS_DIR / "config.yaml"
 RULES_DIR = ALERTS_DIR / "rules"
-PROMETHEUS_RULE = ROOT / "deploy" / "prometheus-rule.yaml"
+CHART = ROOT / "deploy" / "helm" / "admission-webhook-exporter"
+CHART_RULES_DIR = CHART / "files" / "rules"
+CHART_VALUES = CHART / "values.yaml"
+CHART_DEFAULTS = CHART / "files" / "rule-defaults.yaml"
+# Where the chart keeps the rules' settings in values.yaml: prometheusRule.config.<camelCaseKey>.
+VALUES_PATH = ("prometheusRule", "config")
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SEVERITIES = ("critical", "warning", "info")
 REQUIRED_ANNOTATIONS = ("summary", "description", "runbook_url")
-# Keys whose value is pasted inside `{...}`: empty would render `{, reason="x"}`, which does not parse.
-NON_EMPTY = ("exporter_selector", "apiserver_selector", "cluster_label")
+# What a value must look like, by the end of its key; any other key is a string pasted inside `{...}`, a
+# label name or a URL, and must not be empty (empty would render `{, reason="x"}` or `by (, name)`).
+# templates/prometheusrule.yaml applies the same rules to the chart's values.
+DURATION = re.compile(r"(?=.)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")  # Prometheus' duration
+NUMBER = re.compile(r"\d+(\.\d+)?")
+KINDS = {"_for": ("a Prometheus duration such as 2m or 1h30m", DURATION),
+         "_window": ("a Prometheus duration such as 2m or 1h30m", DURATION),
+         "_days": ("a number", NUMBER), "_ratio": ("a number", NUMBER)}
 # First line of every generated file: how --check and stale-file removal recognise our own output.
 GENERATED = (
     "# Generated by alerts/render.py from {source} and alerts/config.yaml. Do not edit: edit those and re-run.\n"
+)
+CHART_GENERATED = (
+    "# Generated by alerts/render.py from {source}. Do not edit: edit that and re-run (scripts/generate.sh).\n"
+    "# The placeholders are prometheusRule.config values, pasted in by templates/prometheusrule.yaml.\n"
+)
+
+# Why the chart needs the defaults twice: `helm upgrade --reuse-values` renders with the old release's values and
+# none of the new chart's values.yaml, so an upgrade from a chart version without some setting would lack it.
+CHART_DEFAULTS_HEADER = (
+    "# Generated by alerts/render.py from alerts/config.yaml. Do not edit: edit that, run scripts/generate.sh.\n"
+    "# prometheusRule.config's defaults (values.yaml shows the same), which templates/prometheusrule.yaml falls back\n"
+    "# on for a setting the release's values lack: `helm upgrade --reuse-values` from a chart version without it\n"
+    "# keeps the old release's values and none of this chart's values.yaml.\n"
 )
 
 
 class RenderError(Exception):
     """A source, the configuration or an override is wrong; the message says which and why."""
+
+
+def chart_key(key: str) -> str:
+    """config.yaml's snake_case key as the chart's camelCase value name: cert_critical_days -> certCriticalDays."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)
 
 
 def load_config(path: Path, override_files: Iterable[Path], sets: Iterable[str]) -> dict[str, str]:
@@ -68,10 +110,18 @@ def load_config(path: Path, override_files: Iterable[Path], sets: Iterable[str])
             raise RenderError(f"--set {item!r}: expected key=value")
         # Taken as written: the value is pasted into the rule text, so its YAML type does not matter.
         _merge(values, {key.strip(): raw}, "--set")
-    for key in NON_EMPTY:
-        if not values.get(key):
-            raise RenderError(f"{key} must not be empty")
+    for key, value in values.items():
+        validate(key, value)
     return values
+
+
+def validate(key: str, value: str) -> None:
+    """A value that would render a broken rule is refused here, with the key named, not by promtool later."""
+    if not value:
+        raise RenderError(f"{key} must not be empty")
+    for suffix, (what, pattern) in KINDS.items():
+        if key.endswith(suffix) and not pattern.fullmatch(value):
+            raise RenderError(f"{key}: {value!r} is not {what}")
 
 
 def _scalars(data: Any, where: str) -> dict[str, str]:
@@ -92,9 +142,13 @@ def _merge(values: dict[str, str], new: Mapping[str, str], where: str) -> None:
     values.update(new)
 
 
+def placeholders(text: str) -> set[str]:
+    return {m.group(1) for m in PLACEHOLDER.finditer(text)}
+
+
 def substitute(text: str, values: Mapping[str, str], where: str) -> str:
     """Replace every ``${key}``; fail on any key config.yaml does not define."""
-    unknown = sorted({m.group(1) for m in PLACEHOLDER.finditer(text)} - set(values))
+    unknown = sorted(placeholders(text) - set(values))
     if unknown:
         raise RenderError(f"{where}: unknown placeholder(s) {', '.join('${' + k + '}' for k in unknown)}")
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
@@ -124,52 +178,98 @@ def lint(doc: Any, where: str) -> list[dict[str, Any]]:
     return groups
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style (`|`) for multi-line strings, so expressions stay readable in the PrometheusRule."""
-
-
-def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-_Dumper.add_representer(str, _str_presenter)
-
-
-def render(values: Mapping[str, str], rules_dir: Path, prometheus_rule: Path) -> dict[Path, str]:
-    """Every output file and its content; nothing is written here."""
-    sources = sorted(SRC_DIR.glob("*.yaml"))
-    if not sources:
+def sources() -> list[Path]:
+    found = sorted(SRC_DIR.glob("*.yaml"))
+    if not found:
         raise RenderError(f"no sources in {SRC_DIR}")
+    return found
+
+
+def render(values: Mapping[str, str], rules_dir: Path) -> dict[Path, str]:
+    """The concrete rule files, one per source, with ``values`` pasted in; nothing is written here."""
     outputs: dict[Path, str] = {}
-    all_groups: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
-    for src in sources:
+    for src in sources():
         where = f"alerts/src/{src.name}"
         text = GENERATED.format(source=where) + substitute(src.read_text(), values, where)
-        groups = lint(yaml.safe_load(text), where)
-        for group in groups:
+        for group in lint(yaml.safe_load(text), where):
             if group["name"] in seen:
                 raise RenderError(f"{where}: group {group['name']} already defined in {seen[group['name']]}")
             seen[group["name"]] = where
-        all_groups.extend(groups)
         outputs[rules_dir / src.name] = text
-    resource = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {
-            "name": values["prometheus_rule_name"],
-            "labels": {
-                "app.kubernetes.io/name": "admission-webhook-exporter",
-                "app.kubernetes.io/component": "alerting-rules",
-                "release": values["prometheus_rule_release"],
-            },
-        },
-        "spec": {"groups": all_groups},
-    }
-    body = yaml.dump(resource, Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
-    outputs[prometheus_rule] = GENERATED.format(source="alerts/src/*.yaml") + body
     return outputs
+
+
+def render_chart(defaults: Mapping[str, str], values_text: str) -> dict[Path, str]:
+    """The chart's copy of the sources (placeholders renamed to its value names) and its values.yaml.
+
+    Every key of config.yaml must be used by some rule: the chart knows its settings by the placeholders in
+    its files, so a key no rule uses would be refused there as unknown.
+    """
+    used: set[str] = set()
+    outputs: dict[Path, str] = {}
+    for src in sources():
+        text = src.read_text()
+        used |= placeholders(text)
+        renamed = PLACEHOLDER.sub(lambda m: "${" + chart_key(m.group(1)) + "}", text)
+        outputs[CHART_RULES_DIR / src.name] = CHART_GENERATED.format(source=f"alerts/src/{src.name}") + renamed
+    unused = sorted(set(defaults) - used)
+    if unused:
+        raise RenderError(f"alerts/config.yaml: {', '.join(unused)} used by no rule in alerts/src")
+    raw = yaml.safe_load(CONFIG.read_text())
+    outputs[CHART_VALUES] = chart_values(values_text, raw)
+    outputs[CHART_DEFAULTS] = CHART_DEFAULTS_HEADER + yaml.safe_dump(
+        {chart_key(k): v for k, v in raw.items()}, sort_keys=False, width=10_000)
+    return outputs
+
+
+def chart_values(text: str, defaults: Mapping[str, Any]) -> str:
+    """values.yaml with prometheusRule.config's defaults set to config.yaml's, and nothing else touched.
+
+    Only the value after ``key:`` is rewritten, and only when it differs, so the hand-written comments and
+    layout stay. A key missing from values.yaml is an error: it needs a comment, which only a person can write.
+    """
+    lines = text.splitlines(keepends=True)
+    start = _block(lines)
+    want = {chart_key(k): v for k, v in defaults.items()}
+    found: set[str] = set()
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.match(r"^    ([A-Za-z0-9]+):[ ]*(.*?)\s*$", line)
+        if not match:
+            if len(line) - len(line.lstrip()) < 4:
+                break  # the end of the block
+            raise RenderError(f"{_show(CHART_VALUES)}: line {i + 1}: expected `key: value` inside "
+                              f"{'.'.join(VALUES_PATH)}")
+        key, raw = match.groups()
+        if key not in want:
+            raise RenderError(f"{_show(CHART_VALUES)}: {'.'.join(VALUES_PATH)}.{key} is not a key of "
+                              f"alerts/config.yaml (in camelCase): remove it or add it there")
+        found.add(key)
+        if yaml.safe_load(raw) != want[key]:
+            lines[i] = f"    {key}: {_scalar(want[key])}\n"
+    missing = sorted(set(want) - found)
+    if missing:
+        raise RenderError(f"{_show(CHART_VALUES)}: {'.'.join(VALUES_PATH)} lacks {', '.join(missing)} (alerts/"
+                          "config.yaml has it): add it there with a comment line above it")
+    return "".join(lines)
+
+
+def _block(lines: list[str]) -> int:
+    """Index of the first line inside prometheusRule.config in values.yaml."""
+    depth = 0
+    for i, line in enumerate(lines):
+        if line.rstrip("\n") == " " * (2 * depth) + VALUES_PATH[depth] + ":":
+            depth += 1
+            if depth == len(VALUES_PATH):
+                return i + 1
+    raise RenderError(f"{_show(CHART_VALUES)}: no {'.'.join(VALUES_PATH)} block")
+
+
+def _scalar(value: Any) -> str:
+    return str(yaml.safe_dump(value, default_flow_style=True, width=10_000)).removesuffix("\n...\n").strip()
 
 
 def _ours(path: Path) -> bool:
@@ -177,11 +277,9 @@ def _ours(path: Path) -> bool:
         return f.readline().startswith("# Generated by alerts/render.py")
 
 
-def stale(rules_dir: Path, outputs: Mapping[Path, str]) -> list[Path]:
-    """Generated files in rules_dir whose source is gone (a renamed or deleted src file)."""
-    if not rules_dir.is_dir():
-        return []
-    return [p for p in sorted(rules_dir.glob("*.yaml")) if p not in outputs and _ours(p)]
+def stale(directories: Iterable[Path], outputs: Mapping[Path, str]) -> list[Path]:
+    """Generated files whose source is gone (a renamed or deleted src file)."""
+    return [p for d in directories if d.is_dir() for p in sorted(d.glob("*.yaml")) if p not in outputs and _ours(p)]
 
 
 def _show(path: Path) -> str:
@@ -199,16 +297,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="YAML file of overrides (key: value), applied in order; repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, applied after -f files; repeatable")
-    parser.add_argument("--rules-dir", type=Path, default=RULES_DIR, help="default: %(default)s")
-    parser.add_argument("--prometheus-rule", type=Path, default=PROMETHEUS_RULE, help="default: %(default)s")
+    parser.add_argument("--rules-dir", type=Path, default=None,
+                        help="write the rule files here (required with overrides); default: alerts/rules")
     args = parser.parse_args(argv)
+    custom = bool(args.values or args.set or args.config != CONFIG)
+    if custom and args.rules_dir is None:
+        print("render.py: overrides render a site's own rules: give --rules-dir (the committed alerts/rules and "
+              "the chart keep alerts/config.yaml's defaults; the chart takes overrides as prometheusRule.config "
+              "values)", file=sys.stderr)
+        return 2
+    rules_dir = (args.rules_dir or RULES_DIR).resolve()
     try:
         values = load_config(args.config, args.values, args.set)
-        outputs = render(values, args.rules_dir.resolve(), args.prometheus_rule.resolve())
+        outputs = render(values, rules_dir)
+        directories = [rules_dir]
+        if not custom:  # the committed outputs: the chart's too
+            outputs.update(render_chart(values, CHART_VALUES.read_text()))
+            directories.append(CHART_RULES_DIR)
     except (RenderError, OSError, yaml.YAMLError) as e:
         print(f"render.py: {e}".replace("\n", " "), file=sys.stderr)
         return 2
-    leftovers = stale(args.rules_dir.resolve(), outputs)
+    leftovers = stale(directories, outputs)
     if args.check:
         differ = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         differ += leftovers

@@ -21,6 +21,14 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+# The resources discovery lists and watches, from the one table (re-exported: callers import them from here).
+from .resources import ENDPOINT_SLICES as ENDPOINT_SLICES
+from .resources import MUTATING_CONFIGS as MUTATING_CONFIGS
+from .resources import NAMESPACES as NAMESPACES
+from .resources import SERVICES as SERVICES
+from .resources import VALIDATING_CONFIGS as VALIDATING_CONFIGS
+from .resources import Resource as Resource
+
 LIST_PAGE_SIZE = 500  # what kubectl uses: bounded memory per page on both sides
 # TCP connect + TLS handshake of a new connection, as client-go's TLSHandshakeTimeout: a watch retried into a
 # black hole gives up (and retries) after this, instead of after the 30 s a dial alone may take.
@@ -44,27 +52,6 @@ class ApiError(Exception):
 
 class Gone(ApiError):
     """410: the resourceVersion we resume from was compacted away; a fresh list is needed."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    group: str  # "" for the core group
-    version: str
-    plural: str
-    kind: str
-
-    def path(self, namespace: str | None = None) -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
-
-
-VALIDATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-                              "ValidatingWebhookConfiguration")
-MUTATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-                            "MutatingWebhookConfiguration")
-SERVICES = Resource("", "v1", "services", "Service")
-NAMESPACES = Resource("", "v1", "namespaces", "Namespace")
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ for installer in tests/controlplane/install.sh tests/helm/install.sh tests/node/
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 
-step "lint and types"
-ruff check exporter tests bench dashboards alerts
+step "lint, types and import layers"
+ruff check exporter tests bench dashboards alerts scripts
 mypy
+lint-imports  # .importlinter: the one-way pipeline (docs/architecture.md)
 
 step "pytest"
 set +e

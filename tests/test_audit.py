@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import audit as audit_module
+from exporter import app as app_module
+from exporter import resources
 from exporter.app import Exporter
 from exporter.audit import (
     BOOTSTRAP,
@@ -41,6 +42,9 @@ from exporter.cli import load_inventory, main
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.model import Inventory, LabelSelector, LabelSelectorRequirement, MatchCondition, Rule, Webhook
 from exporter.parse import parse_label_selector
+from exporter.probe import ProbeResult
+from exporter.reasons import Reason
+from exporter.targets import Target
 from tests import factories as f
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
@@ -189,11 +193,10 @@ def test_label_selector_semantics(selector: LabelSelector, matches: bool) -> Non
     assert selector_matches(selector, LABELS) is matches
 
 
-POD = audit_module.PODS
-POD_STATUS = Request(POD, "UPDATE", "default", subresource="status")
-POD_CREATE = Request(POD, "CREATE", "default")
-NODE = Request(audit_module.NODES, "CREATE")
-NS = Request(audit_module.NAMESPACES, "CREATE", "team", "team")
+POD_STATUS = Request(resources.PODS, "UPDATE", "default", subresource="status")
+POD_CREATE = Request(resources.PODS, "CREATE", "default")
+NODE = Request(resources.NODES, "CREATE")
+NS = Request(resources.NAMESPACES, "CREATE", "team", "team")
 
 
 def rule(resources: list[str], scope: str = "*", operations: tuple[str, ...] = ("*",),
@@ -221,26 +224,37 @@ def test_rule_matching_follows_the_apiserver(r: Rule, request_: Request, matches
     assert rule_matches(r, request_) is matches
 
 
-def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
-    exporter = Exporter()
-    inventory = load_inventory([str(FIXTURES / "cycle.yaml")])
-    exporter.state.inventory, exporter.state.plans = inventory, ()  # no scheduler round: adopt() needs a loop
+async def unreachable(target: Target) -> ProbeResult:
+    """The fixtures' endpoints are pod IPs of a cluster that is not here, so they are never dialled: this
+    probe function answers at once (these tests are about the audit, not probes)."""
+    return ProbeResult(success=False, reason=Reason.UNREACHABLE, detail="not dialled by this test",
+                       duration_seconds=0.0, finished_at=0.0)
+
+
+async def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = Exporter(probe_fn=unreachable)
     calls: list[Inventory] = []
-    real = audit_module.audit
+    real = app_module.audit
 
     def counting(inv: Inventory, plans: Any = None, **kwargs: Any) -> tuple[Finding, ...]:
         calls.append(inv)
         return real(inv, plans, **kwargs)
 
-    monkeypatch.setattr(audit_module, "audit", counting)
+    monkeypatch.setattr(app_module, "audit", counting)
     labels = {"configuration": "mesh-sidecar", "name": "inject.mesh.example.com", "type": "admit", "risk": CYCLE,
               "severity": "critical"}
-    for _ in range(3):
-        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
-    assert len(calls) == 1
-    exporter.state.inventory = load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")])
-    assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
-    assert len(calls) == 2
+    try:
+        exporter.adopt(load_inventory([str(FIXTURES / "cycle.yaml")]))
+        await exporter.wait_audited()
+        for _ in range(3):
+            assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
+        assert len(calls) == 1
+        exporter.adopt(load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")]))
+        await exporter.wait_audited()
+        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
+        assert len(calls) == 2
+    finally:
+        await exporter.close()
 
 
 def test_cli_report_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,9 +311,8 @@ async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, co
         {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
         namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}})
     await call(admission.create_validating_webhook_configuration, f.configuration(name, hook))
-    exporter = Exporter(interval=60)
-    discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))), exporter.state.adopt)
-    exporter.attach(discovery)
+    discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
+    exporter = Exporter(interval=60, discovery=discovery)
     try:
         code, out, err = await run_cli("audit", "--kubeconfig", str(control_plane.kubeconfig_path), "--output", "json")
         assert code == 1, err  # a critical finding: the default --fail-on
@@ -307,7 +320,7 @@ async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, co
         mine = {(r["id"], r["severity"]) for r in report["findings"] if r["configuration"] == name}
         assert mine == {(OWN_BACKEND, "critical")}
 
-        await discovery.start()
+        await exporter.start()
         await asyncio.wait_for(discovery.wait_synced(), 10)
         labels = {"configuration": name, "name": webhook, "type": "validating", "risk": OWN_BACKEND,
                   "severity": "critical"}
