@@ -4,6 +4,7 @@ uninstall leaves behind."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def install_operator_crds(node: NodeCluster) -> None:
 
     # (`kubectl wait --for=condition=Established` fails at once on a CRD whose status is not written yet.)
     for crd in OPERATOR_KINDS:
-        eventually(lambda crd=crd: established(crd), timeout_s=60, what=f"CRD {crd} established")
+        eventually(functools.partial(established, crd), timeout_s=60, what=f"CRD {crd} established")
 
 
 @dataclass(frozen=True)

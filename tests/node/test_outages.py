@@ -36,7 +36,7 @@ from exporter.pki import CertificateAuthority
 
 from . import chart, observe
 from .chart import NAMESPACE, RESTRICTED, Sample
-from .docs import code_blocks, commands, section
+from .docs import code_blocks
 from .fixtures import NODE_TEST_TIMEOUT
 from .harness import REPO_ROOT, NodeCluster, NodeError, eventually
 from .workloads import BACKEND_PORT, Backend, as_list, namespace, webhook_configuration
@@ -152,11 +152,9 @@ def gated_pod_creates(node: NodeCluster, namespace: str) -> list[str]:
     No audit rule names the exporter's namespace (the CLI does not know where the exporter runs), so this
     asks the engine behind every finding directly.
     """
-    try:  # exporter.audit as a package (its matching module; branch helpers) or as one module (main)
-        from exporter.audit.matching import PODS, REPLICASET_CONTROLLER, Request, intercepts  # type: ignore
-    except ImportError:
-        from exporter.audit import PODS, REPLICASET_CONTROLLER, Request, intercepts
+    from exporter.audit.matching import REPLICASET_CONTROLLER, Request, intercepts
     from exporter.cli import _live_inventory
+    from exporter.resources import PODS
 
     args = argparse.Namespace(kubeconfig=str(node.kubeconfig_path), context=None)
     inventory = asyncio.run(_live_inventory(args))
@@ -239,31 +237,22 @@ def test_backend_pods_scaled_to_zero_and_back(node_cluster: NodeCluster, exporte
 # 3. the policy-engine deadlock
 
 
-def run_break_glass(node: NodeCluster, config: str, webhook: str, workdir: Path) -> list[str]:
-    """The runbook's break-glass blocks, copied from the file, placeholders filled in as its text says:
-    KIND, CONFIG, NAME from the alert's labels, INDEX = the line number grep printed, minus one."""
+def break_glass(config: str, webhook: str) -> tuple[str, str, str]:
+    """The runbook's break-glass blocks, copied from the file as written, placeholders filled in from the
+    alert's labels (KIND, CONFIG, NAME): the backup, step 1's switch to Ignore (its alternative, deleting the
+    configuration, is not run) and step 2's restore."""
     values = {"KIND": KIND, "CONFIG": config, "NAME": webhook}
-    ran: list[str] = []
-    for block in code_blocks(RUNBOOK, "Break glass"):
-        for command in commands(block):
-            if "--disable-admission-plugins" in command:
-                continue  # step 3 edits a static pod manifest on a control-plane node: not this cluster's case
-            line = re.sub(r"\b(KIND|CONFIG|NAME|INDEX)\b", lambda m: values.get(m.group(1), m.group(1)), command)
-            assert "INDEX" not in line, f"INDEX not known yet for: {command}"
-            done = node.tool("bash", "-c", line, cwd=workdir)
-            ran.append(line)
-            m = re.fullmatch(rf"(\d+):{re.escape(webhook)}", done.stdout.strip())
-            if m:
-                values["INDEX"] = str(int(m.group(1)) - 1)
-    return ran
+    blocks = [re.sub(r"\b(KIND|CONFIG|NAME)\b", lambda m: values[m.group(1)], b)
+              for b in code_blocks(RUNBOOK, "Break glass")]
+    (backup,) = [b for b in blocks if "> " in b and "backup.yaml" in b]
+    (ignore,) = [b for b in blocks if '"Ignore"' in b]
+    (restore,) = [b for b in blocks if "-f " in b and "backup.yaml" in b and b not in (backup,)]
+    return backup, ignore, restore
 
 
-def restore_command(config: str) -> str:
-    """Step 2's restore, from the runbook's text: the command that puts the backup back."""
-    text = re.sub(r"^ *```.*?^ *```", "", section(RUNBOOK.read_text(), "Break glass"), flags=re.M | re.S)
-    (found, *_) = [c for c in re.findall(r"`([^`]+)`", text) if c.startswith("kubectl") and "backup.yaml" in c
-                   and " get " not in c]
-    return re.sub(r"\bCONFIG\b", config, found)
+def run_block(node: NodeCluster, block: str, workdir: Path) -> str:
+    """One block, the way a reader pastes it into bash (stopping at the first failing command)."""
+    return node.tool("bash", "-euo", "pipefail", "-c", block, cwd=workdir).stdout
 
 
 def test_policy_engine_deadlock_replayed(node_cluster: NodeCluster, exporter: str, exporter_image: str,
@@ -309,20 +298,22 @@ def test_policy_engine_deadlock_replayed(node_cluster: NodeCluster, exporter: st
         assert f'"{hook["name"]}"' in done.stdout and name in done.stdout, done.stdout
 
         # The runbook's break-glass steps, as written; the ReplicaSet then recreates the backend.
-        with tempfile.TemporaryDirectory(prefix="awe-runbook-") as workdir:
+        backup, ignore, restore = break_glass(name, hook["name"])
+        with tempfile.TemporaryDirectory(prefix="awe-runbook-") as d:
+            workdir = Path(d)
             t1 = time.monotonic()
-            ran = run_break_glass(node, name, hook["name"], Path(workdir))
+            run_block(node, backup, workdir)
+            run_block(node, ignore, workdir)
             wait_healthy(node, hook, backend, 2, timeout_s=RECOVERY_TIMEOUT_S)
             figures["recovered_after_break_glass_s"] = time.monotonic() - t1
             samples = eventually(lambda: healthy(node, hook, {p["status"]["podIP"] for p in chart.pods(
                 node, ns, backend.label_selector)}), timeout_s=30, what="healthy after break-glass")
             assert not observe.firing(samples, "AdmissionWebhookNoReadyEndpoints", **hook)
             # Step 2: the backend is repaired, put the original configuration back.
-            restore = restore_command(name)
-            node.tool("bash", "-c", restore, cwd=Path(workdir))
-            ran.append(restore)
-        policy = node.kubectl("get", KIND, name, "-o", "jsonpath={.webhooks[0].failurePolicy}").stdout
-        assert policy == "Fail", f"after {ran}: failurePolicy {policy}"
+            run_block(node, restore, workdir)
+        restored = json.loads(node.kubectl("get", KIND, name, "-o", "json").stdout)
+        assert restored["webhooks"][0]["failurePolicy"] == "Fail", restored
+        assert restored["webhooks"][0]["clientConfig"]["caBundle"] == config["webhooks"][0]["clientConfig"]["caBundle"]
 
         # The audit's fix, then the same outage again: the backend comes back with no break-glass.
         fix = yaml.safe_load(finding["fix"])
@@ -336,7 +327,7 @@ def test_policy_engine_deadlock_replayed(node_cluster: NodeCluster, exporter: st
         figures["healed_by_itself_s"] = time.monotonic() - t2
         assert len(failed_creates(node, ns)) == before, failed_creates(node, ns)
         record_property("figures", figures)
-        print(f"deadlock figures: {figures}; break-glass ran {ran}")
+        print(f"deadlock figures: {figures}; break-glass ran:\n{backup}\n{ignore}\n{restore}")
     finally:
         node.kubectl("delete", KIND, name, "--ignore-not-found")
         chart.delete_namespace(node, ns)
