@@ -73,6 +73,12 @@ def delete_namespace(node: NodeCluster, name: str, timeout_s: float = 90.0) -> N
                what=f"namespace {name} deleted", on_timeout=lambda: node.describe(name))
 
 
+def operator_crds(node: NodeCluster) -> list[str]:
+    """The prometheus-operator CRDs the chart's optional kinds need, those the cluster has."""
+    names = node.kubectl("get", "crd", "-o", "name").stdout.split()
+    return [k for k in OPERATOR_KINDS if f"customresourcedefinition.apiextensions.k8s.io/{k}" in names]
+
+
 def install_operator_crds(node: NodeCluster) -> None:
     """ServiceMonitor and PrometheusRule CRDs (the chart renders both by default)."""
     node.kubectl("apply", "--server-side", "-f", str(CRDS))

@@ -21,10 +21,14 @@ def exporter_image(node_cluster: NodeCluster) -> str:
     return built.image
 
 
+FIRST = ("tests/node/test_host.py", "tests/node/test_install.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """tests/node/test_host.py starts nodes of its own, and the machine holds one at a time: it runs before
-    any test that starts the session's shared node (tests/monitoring/ included)."""
-    first = [i for i in items if i.nodeid.startswith("tests/node/test_host.py")]
+    """Two node modules run before any other test of the session that uses the node (tests/monitoring/
+    included): test_host.py starts nodes of its own (the machine holds one at a time), and test_install.py
+    installs the chart on a cluster without the prometheus-operator CRDs, before anything installs them."""
+    first = [i for prefix in FIRST for i in items if i.nodeid.startswith(prefix)]
     if first:
         rest = [i for i in items if i not in first]
         items[:] = first + rest
