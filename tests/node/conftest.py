@@ -1,25 +1,10 @@
-"""Fixtures of the node suite, and its figures in the terminal summary (node start and stop, by phase)."""
+"""The node suite's order, and its figures in the terminal summary (node start and stop, by phase)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.image.podman import build_images
-
-from . import chart
 from .fixtures import TIMINGS
-from .harness import NodeCluster
-
-
-@pytest.fixture(scope="session")
-def exporter_image(node_cluster: NodeCluster) -> str:
-    """The project's image, built from the current sources by tests/image/build.sh (a hash of the sources
-    when nothing changed) and loaded into the node: it is the chart's default image."""
-    built = build_images()
-    names = node_cluster.load_image(built.archive)
-    assert built.image == chart.chart_image() and built.image in names, (built.image, names, chart.chart_image())
-    return built.image
-
 
 FIRST = ("tests/node/test_host.py", "tests/node/test_install.py")
 

@@ -4,7 +4,8 @@
   hold one at a time. Tests share it and delete what they create. It never builds anything: missing
   binaries, packages or images mean ``pytest.skip`` with what to run, or a failure when
   ``AWE_REQUIRE_NODE=1`` (CI), so a broken install cannot turn the node suite into silent skips.
-* ``node_image`` loads one of tests/image/build.sh's docker-archives into the node, once per session.
+* ``node_image`` loads one of tests/image/build.sh's docker-archives into the node, once per session;
+  ``exporter_image`` builds (if its sources changed) and loads the project's image, the chart's default.
 * The shared instance lives at module level (like tests/controlplane/fixtures.py's), so that importing
   these fixtures in more than one conftest still starts ONE node per session.
 """
@@ -20,7 +21,7 @@ import pytest
 
 from .harness import LOCK_TIMEOUT_S, NodeCluster, NodeError, NodeUnavailable, images_dir
 
-__all__ = ["NODE_REQUIRE_ENV", "NODE_TEST_TIMEOUT", "node_cluster", "node_image"]
+__all__ = ["NODE_REQUIRE_ENV", "NODE_TEST_TIMEOUT", "exporter_image", "node_cluster", "node_image"]
 
 NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
 #: per-test bound of the node tests (pytest-timeout; the suite's default is 300 s): the first one starts the
@@ -88,3 +89,18 @@ def node_image(node_cluster: NodeCluster) -> Callable[[str], list[str]]:
         return _loaded[name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def exporter_image(node_cluster: NodeCluster) -> str:
+    """The project's image, built from the current sources by tests/image/build.sh (a hash of the sources
+    when nothing changed) and loaded into the node: the chart's default image, so ``helm install`` with
+    default values runs it (``imagePullPolicy: IfNotPresent``; nothing is ever pulled)."""
+    from tests.image.podman import build_images
+
+    from .chart import chart_image
+
+    built = build_images()
+    names = node_cluster.load_image(built.archive)
+    assert built.image == chart_image() and built.image in names, (built.image, names, chart_image())
+    return built.image
