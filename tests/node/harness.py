@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 from tests.controlplane.harness import SERVICE_CIDR, ControlPlane, _Proc, _tail, cache_dir, free_port
 
 from . import hoststate
-from .hoststate import HostState, MachineLock
+from .hoststate import HostError, HostState, MachineLock
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -187,10 +187,13 @@ class NodeCluster:
             :func:`images_dir` unless one of these provides ``SANDBOX_IMAGE``).
         users: extra static-token users (name -> groups) of the control plane.
         ready_timeout_s: bound for each component's readiness and for the Node to be Ready.
+        lock: the machine lock, already held by the caller (who releases it); by default the node takes
+            it at start and releases it at stop.
     """
 
     def __init__(self, *, images: Sequence[Path] = (), users: Mapping[str, Sequence[str]] | None = None,
-                 ready_timeout_s: float = READY_TIMEOUT_S, bin_dir: Path | None = None) -> None:
+                 ready_timeout_s: float = READY_TIMEOUT_S, bin_dir: Path | None = None,
+                 lock: MachineLock | None = None) -> None:
         check_host()
         self.binaries = find_node_binaries(bin_dir)
         self.images = list(images)
@@ -204,7 +207,8 @@ class NodeCluster:
         #: what the leftover sweep at start and the teardown removed
         self.sweep_notes: list[str] = []
         self.teardown_notes: list[str] = []
-        self._lock = MachineLock(LOCK_TIMEOUT_S)
+        self._lock = lock or MachineLock(LOCK_TIMEOUT_S)
+        self._own_lock = lock is None
         self._procs: dict[str, _Proc] = {}
         self._refuse: socket.socket | None = None
         self._env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -253,7 +257,11 @@ class NodeCluster:
         if self.run_dir is not None:
             raise RuntimeError("already started")
         t0 = time.monotonic()
-        self._lock.acquire()
+        try:
+            if self._own_lock:
+                self._lock.acquire()
+        except HostError as e:
+            raise NodeError(str(e)) from e
         try:
             self._sweep_leftovers()
             self.run_dir = Path(tempfile.mkdtemp(prefix="awe-node-"))
@@ -262,8 +270,11 @@ class NodeCluster:
                 gateway=GATEWAY, service_host=SERVICE_HOST, route_table=ROUTE_TABLE, rule_priority=RULE_PRIORITY,
                 cgroup_root=CGROUP_ROOT, cni_network=CNI_NETWORK, containerd_socket=str(self.containerd_socket))
             hoststate.record(self.state)
+        except HostError as e:
+            self._release_lock()
+            raise NodeError(str(e)) from e
         except BaseException:
-            self._lock.release()
+            self._release_lock()
             raise
         atexit.register(self.stop)
         try:
@@ -518,7 +529,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         what is already gone. Pods are deleted through the API first, so that the kubelet stops them the
         normal way (CNI DEL, sandbox removal); whatever is left is then removed by force."""
         if self.run_dir is None or self.state is None:
-            self._lock.release()
+            self._release_lock()
             return
         t0 = time.monotonic()
         for name in ("kube-controller-manager", "kube-scheduler"):  # nothing recreates what we delete next
@@ -540,10 +551,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if os.environ.get("AWE_KEEP_NODE_DIR") != "1":
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.state.forget()
-        self._lock.release()
+        self._release_lock()
         self.timings["stop_total"] = time.monotonic() - t0
         self.run_dir = None
         atexit.unregister(self.stop)
+
+    def _release_lock(self) -> None:
+        if self._own_lock:
+            self._lock.release()
 
     def _stop_proc(self, name: str) -> None:
         proc = self._procs.get(name)
@@ -662,11 +677,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a node and keep it until SIGTERM/SIGINT")
     up.add_argument("--image", type=Path, action="append", default=[], help="docker-archive to load (repeatable)")
     up.add_argument("--pause-pod", action="store_true", help="run a pause Pod in default and wait for it")
+    up.add_argument("--lock-held-by-parent", action="store_true",
+                    help="the calling process holds the machine lock (tests/node/test_host.py)")
     a = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    node = NodeCluster(images=a.image).start()
+    node = NodeCluster(images=a.image, lock=MachineLock(0) if a.lock_held_by_parent else None).start()
     try:
         if a.pause_pod:
             node.kubectl("apply", "-f", "-", input=json.dumps(pause_pod("pause")))

@@ -4,8 +4,8 @@ running (its leftovers are swept by the next start).
 What is compared is what the node can change on a shared machine: its bridge, policy rule and route table,
 its cgroup root, mounts under any node run directory, network namespaces on its pod range, processes
 naming a node run directory, the sysctls the kubelet rewrites, the machine directories a kubelet or
-containerd would create, container log links, CNI results, iptables chains. This test must run before the
-session's shared node starts (the machine holds one node at a time): tests/node/conftest.py orders it first.
+containerd would create, container log links, CNI results, iptables chains. It holds the machine lock
+throughout, so it must run before the session's shared node starts (tests/node/conftest.py orders it first).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .harness import (
     BRIDGE,
     CGROUP_ROOT,
     CNI_NETWORK,
+    LOCK_TIMEOUT_S,
     POD_CIDR,
     REPO_ROOT,
     ROUTE_TABLE,
@@ -78,13 +79,24 @@ def snapshot() -> dict[str, Any]:
     }
 
 
-def test_clean_stop_and_crashed_run_leave_nothing(request: pytest.FixtureRequest) -> None:
+def test_clean_stop_and_crashed_run_leave_nothing() -> None:
     if fixtures.shared_node() is not None:
         pytest.fail("the session's node is already running; this test must run before it (conftest ordering)")
+    # The machine lock is held for the whole test, so that another session's node can neither be in the
+    # snapshots nor sweep this test's crashed node before this test's own start does.
+    lock = hoststate.MachineLock(LOCK_TIMEOUT_S)
+    lock.acquire()
+    try:
+        check_clean_stop_and_crash_sweep(lock)
+    finally:
+        lock.release()
+
+
+def check_clean_stop_and_crash_sweep(lock: hoststate.MachineLock) -> None:
     before = snapshot()
 
     # A clean run: start, a Pod, stop.
-    node = NodeCluster()
+    node = NodeCluster(lock=lock)
     try:
         node.start()
         node.kubectl("apply", "-f", "-", input=json.dumps(pause_pod("pause")))
@@ -101,8 +113,9 @@ def test_clean_stop_and_crashed_run_leave_nothing(request: pytest.FixtureRequest
           f"teardown {node.teardown_notes}")
 
     # A crashed run: SIGKILL the process that owns the node while its Pod runs.
-    child = subprocess.Popen([sys.executable, "-m", "tests.node.harness", "up", "--pause-pod"], cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-m", "tests.node.harness", "up", "--pause-pod",
+                              "--lock-held-by-parent"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         assert child.stdout is not None
         deadline = time.monotonic() + 240
@@ -117,16 +130,22 @@ def test_clean_stop_and_crashed_run_leave_nothing(request: pytest.FixtureRequest
         child.wait(30)
         if child.stdout is not None:
             child.stdout.close()
+    run_dir = json.loads(line)["run_dir"]
     crashed = snapshot()
     assert crashed["state_file"] and crashed["bridge"] and crashed["processes"], crashed  # shims outlive it
 
-    # The next start (the session's node) puts the machine back first.
-    shared: NodeCluster = request.getfixturevalue("node_cluster")
-    notes = " | ".join(shared.sweep_notes)
-    assert "killed shims" in notes and "netns" in notes, shared.sweep_notes
-    now = snapshot()
-    run_dir = json.loads(line)["run_dir"]
-    assert not [p for p in now["processes"] if run_dir in p], now["processes"]
-    assert not [m for m in now["mounts"] if m.startswith(run_dir)], now["mounts"]
-    assert not Path(run_dir).exists()
-    print(f"crashed run swept: {shared.sweep_notes}")
+    # The next start puts the machine back first; its own stop then leaves it as it was before the test.
+    node = NodeCluster(lock=lock)
+    try:
+        node.start()
+        notes = " | ".join(node.sweep_notes)
+        assert "killed shims" in notes and "netns" in notes, node.sweep_notes
+        now = snapshot()
+        assert not [p for p in now["processes"] if run_dir in p], now["processes"]
+        assert not [m for m in now["mounts"] if m.startswith(run_dir)], now["mounts"]
+        assert not Path(run_dir).exists()
+    finally:
+        node.stop()
+    after = snapshot()
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    print(f"crashed run swept: {node.sweep_notes}")
