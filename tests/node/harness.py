@@ -264,7 +264,7 @@ class NodeCluster:
             raise NodeError(str(e)) from e
         try:
             self._sweep_leftovers()
-            self.run_dir = Path(tempfile.mkdtemp(prefix="awe-node-"))
+            self.run_dir = Path(tempfile.mkdtemp(prefix=hoststate.RUN_DIR_PREFIX))
             self.state = HostState(
                 owner_pid=os.getpid(), run_dir=str(self.run_dir), bridge=BRIDGE, pod_cidr=str(POD_CIDR),
                 gateway=GATEWAY, service_host=SERVICE_HOST, route_table=ROUTE_TABLE, rule_priority=RULE_PRIORITY,

@@ -24,11 +24,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CMD_TIMEOUT_S = 15.0
+RUN_DIR_PREFIX = "awe-node-"  # a node's run directory: tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
 STATE_DIR = Path("/run/admission-webhook-exporter-node")
 CGROUP_FS = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
@@ -93,12 +95,19 @@ class HostState:
     @classmethod
     def load(cls) -> HostState | None:
         try:
-            return cls(**json.loads((STATE_DIR / "state.json").read_text()))
+            state = cls(**json.loads((STATE_DIR / "state.json").read_text()))
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as e:
             raise HostError(f"{STATE_DIR / 'state.json'} is unreadable ({e}): remove it after checking "
                             "the machine by hand") from e
+        # undo() unmounts and deletes under run_dir and removes cgroup_root: refuse anything but our own shapes
+        run_dir = Path(state.run_dir)
+        if (run_dir.parent != Path(tempfile.gettempdir()) or not run_dir.name.startswith(RUN_DIR_PREFIX)
+                or not state.cgroup_root or "/" in state.cgroup_root or state.cgroup_root.startswith(".")):
+            raise HostError(f"{STATE_DIR / 'state.json'} names run_dir={state.run_dir!r}, "
+                            f"cgroup_root={state.cgroup_root!r}: not a node's; check the machine by hand")
+        return state
 
     def forget(self) -> None:
         with contextlib.suppress(FileNotFoundError):
