@@ -31,12 +31,14 @@ from .app import Exporter
 from .audit import SEVERITIES, at_or_above, audit
 from .audit import to_json as audit_json
 from .audit import to_text as audit_text
+from .canary import DEFAULT_INTERVAL, Canary, CanaryConfig, parse_resources
 from .discovery import Discovery
 from .explain import explain, probe_verdicts
 from .explain import to_json as explain_json
 from .explain import to_text as explain_text
 from .inventory import build_inventory
-from .kubeapi import KubeApi, load_credentials
+from .kubeapi import KubeApi
+from .kubeconfig import Credentials, KubeconfigError, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
@@ -94,6 +96,7 @@ class Bounded:
 # open-file limit; a demo runs at least long enough for its first round to print.
 PROBE_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 PROBE_CONCURRENCY = Bounded(int, 1, 1024)
+CANARY_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 DEMO_DURATION = Bounded(float, 1, 86_400, "seconds", hint=" (leave --duration out to run until interrupted)")
 
 
@@ -126,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--canary-namespace", metavar="NAMESPACE",
+                       help="opt in to the canary: a dry-run create (dryRun=All, nothing stored) per webhook through "
+                            "the apiserver's own path, of an object in this existing namespace (needs `create` on "
+                            "the canary's resources there); off unless given")
+    serve.add_argument("--canary-interval", type=CANARY_INTERVAL, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                       help=f"seconds between two canaries of one webhook, 1-86400 (default {DEFAULT_INTERVAL:g})")
+    serve.add_argument("--canary-resources", default="configmaps,pods", metavar="LIST",
+                       help="what the canary may create (dry run), in order of preference: configmaps, pods or both "
+                            "(default configmaps,pods)")
     serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
                        help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
                             "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
@@ -194,24 +206,39 @@ def _gate(args: argparse.Namespace, inventory: Inventory, failures: Sequence[str
     return Gate(failures=(*own, *failures), skipped=inventory.invalid)
 
 
-def _discovery(args: argparse.Namespace) -> Discovery:
-    try:
-        credentials = load_credentials(args.kubeconfig, args.context)
-    except ValueError as err:  # kubeapi reports every kubeconfig problem as ValueError
-        raise UsageError(str(err)) from err
-    return Discovery(KubeApi(credentials))
+async def _credentials(args: argparse.Namespace) -> Credentials:
+    """Loaded and used once up front: a kubeconfig problem, or an exec plugin or token file that fails, is one
+    line and exit 2 at start, not a watch retried forever."""
+    creds = load_credentials(args.kubeconfig, args.context)
+    await asyncio.to_thread(creds.token)
+    return creds
+
+
+async def _discovery(args: argparse.Namespace) -> Discovery:
+    return Discovery(KubeApi(await _credentials(args)))
 
 
 async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
-    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced)."""
-    discovery = _discovery(args)
+    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
+
+    A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
+    discovery = await _discovery(args)
     try:
         await discovery.start()
-        await asyncio.wait_for(discovery.wait_synced(), limit)
-        return discovery.inventory
-    except TimeoutError as err:
+        synced = asyncio.ensure_future(discovery.wait_synced())
+        refused = asyncio.ensure_future(discovery.api.refused.wait())
+        try:
+            done, _ = await asyncio.wait({synced, refused}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (synced, refused):
+                waiter.cancel()
+        if synced in done:
+            synced.result()
+            return discovery.inventory
+        if discovery.api.refusal is not None:
+            raise UsageError(f"{discovery.api.server} refused the credentials: {discovery.api.refusal}")
         raise UsageError(f"could not list webhook configurations within {limit:g}s: "
-                         f"{discovery.last_error or 'no answer from the API'}") from err
+                         f"{discovery.last_error or 'no answer from the API'}")
     finally:
         await discovery.close()
 
@@ -307,8 +334,20 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
     return 0
 
 
+def _canary_config(args: argparse.Namespace) -> CanaryConfig:
+    try:
+        resources = parse_resources(n.strip() for n in args.canary_resources.split(",") if n.strip())
+        return CanaryConfig(namespace=args.canary_namespace, resources=resources, interval=args.canary_interval)
+    except ValueError as err:
+        raise UsageError(f"--canary-resources: {err}") from err
+
+
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen_address)
+    if args.canary_namespace is not None:
+        if args.manifests:
+            raise UsageError("--canary-namespace needs a cluster: the canary asks the apiserver, --manifests has none")
+        _canary_config(args)  # a bad value is a usage error before anything starts
     health = (_listen_address(args.health_listen_address, "--health-listen-address")
               if args.health_listen_address else None)
     try:  # read and checked before anything starts: a bad file is one line and exit 2
@@ -322,10 +361,15 @@ async def run_serve(args: argparse.Namespace) -> int:
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port, security=security, health=health)
-    discovery = _discovery(args)
-    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
+    discovery = await _discovery(args)
+    canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
+    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
+                        canary=canary)
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
+    if canary is not None:
+        event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
+              resources=",".join(r.plural for r in canary.config.resources))
     return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
@@ -363,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
                   "explain": run_explain}[args.command]
         return asyncio.run(runner(args))
-    except (UsageError, ManifestError) as err:
+    except (UsageError, ManifestError, KubeconfigError) as err:
         print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

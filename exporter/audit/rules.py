@@ -56,10 +56,14 @@ MATCH_CONDITION = "match_condition_invalid"
 FAIL_OPEN = "fail_open_security_webhook"
 SERVICE_MISSING = "backend_service_not_found"
 PORT_MISSING = "backend_service_port_not_found"
+FIREWALL_PORT = "control_plane_firewall_port"
 
 RULE_IDS: tuple[str, ...] = (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE, TIMEOUT_BUDGET, SINGLE_ENDPOINT,
                              LONG_TIMEOUT, SIDE_EFFECTS, VIRTUAL_RESOURCE, MATCH_CONDITION, FAIL_OPEN,
-                             SERVICE_MISSING, PORT_MISSING)
+                             SERVICE_MISSING, PORT_MISSING, FIREWALL_PORT)
+# The ports a managed control plane reaches the nodes on by default: GKE private clusters' firewall rule admits
+# 443 and 10250 (the kubelet's) from the control plane; EKS node security groups are often built the same way.
+CONTROL_PLANE_PORTS = (443, 10250)
 
 
 # -- The audit's context ---------------------------------------------------------------------------------
@@ -344,9 +348,56 @@ def rule_service(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
                                                           "port": ports[0] if len(ports) == 1 else "<port>"}}}))
 
 
+def _container_ports(hook: Webhook, ctx: AuditContext) -> list[int]:
+    """The ports the apiserver's calls land on in the backend's pods: the endpoints' (EndpointSlices resolve a
+    named targetPort), else a numeric targetPort, else the Service port itself. Empty when unknown."""
+    ref = hook.service
+    p = ctx.plans.get(hook.key)
+    if ref is None:
+        return []
+    if p is not None and p.targets:
+        return sorted({t.port for t in p.targets})
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    if service is None or service.type == "ExternalName":
+        return []
+    port = next((sp for sp in service.ports if sp.port == ref.port and sp.protocol == "TCP"), None)
+    if port is None or isinstance(port.target_port, str):
+        return []
+    return [port.target_port or port.port]
+
+
+def rule_firewall_port(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
+    """A service webhook served on a port managed control planes do not reach by default: the probes and
+    port-forward work, the apiserver's calls time out."""
+    ports = [p for p in _container_ports(hook, ctx) if p not in CONTROL_PLANE_PORTS]
+    if not ports or hook.service is None:
+        return
+    ref = hook.service
+    shown = ", ".join(map(str, ports))
+    severity: Severity = "warning" if hook.failure_policy == "Fail" else "info"
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    name = next((sp.name for sp in service.ports if sp.port == ref.port), "") if service is not None else ""
+    fix = (f"# Either let the control plane reach port {ports[0]} on the nodes:\n"
+           f"#   GKE private cluster: gcloud compute firewall-rules create allow-control-plane-{ports[0]} "
+           f"--network NETWORK --direction INGRESS --source-ranges MASTER_IPV4_CIDR --target-tags NODE_TAG "
+           f"--allow tcp:{ports[0]}\n"
+           f"#   EKS: aws ec2 authorize-security-group-ingress --group-id NODE_SECURITY_GROUP --protocol tcp "
+           f"--port {ports[0]} --source-group CLUSTER_SECURITY_GROUP\n"
+           f"# or make the pods serve on 10250 (the webhook server's port flag and containerPort) and point "
+           f"Service {ref.namespace}/{ref.name} at it:\n"
+           + yaml_snippet({"spec": {"ports": [{**({"name": name} if name else {}), "port": ref.port,
+                                               "targetPort": 10250}]}}))
+    yield Finding(FIREWALL_PORT, severity, hook.key,
+                  f"Service {ref.namespace}/{ref.name} sends the apiserver's calls to container port {shown}: a "
+                  "managed control plane reaches the nodes only on the ports its firewall admits (GKE private "
+                  "clusters admit 443 and 10250 by default, EKS node security groups often the same), so there the "
+                  "calls time out while port-forward, in-cluster clients and the exporter's probes work; the canary "
+                  "(--canary-namespace) confirms it", fix)
+
+
 PER_WEBHOOK: tuple[Callable[[Webhook, AuditContext], Iterator[Finding]], ...] = (
     rule_kube_system, rule_own_backend, rule_bootstrap, rule_single_endpoint, rule_long_timeout, rule_side_effects,
-    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service)
+    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service, rule_firewall_port)
 
 
 # -- Rules across webhooks ---------------------------------------------------------------------------------
