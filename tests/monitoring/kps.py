@@ -240,6 +240,19 @@ class Stack:
         config = self.generated_config()
         return [j["job_name"] for j in (yaml.safe_load(config) or {}).get("scrape_configs") or []] if config else []
 
+    def publish_apiserver_endpoints(self, address: str, port: int) -> None:
+        """Write the ``default/kubernetes`` Endpoints the kube-apiserver's endpoint reconciler would write.
+
+        The test control plane runs ``--endpoint-reconciler-type=none`` (it binds loopback only, and loopback
+        is no valid endpoint address), so nothing else writes them. ``address:port`` is where Pods reach the
+        apiserver (tests/node: 10.0.0.1:443, forwarded to the loopback apiserver); the port is named ``https``
+        as the reconciler names it, which is what kube-prometheus-stack's apiserver ServiceMonitor selects.
+        """
+        self.apply({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "namespace": "default"},
+                    "subsets": [{"addresses": [{"ip": address}],
+                                 "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]})
+
     # ---- the Pods (in the cluster) ----
 
     def pod_ip(self, name: str) -> str | None:
