@@ -92,8 +92,10 @@ class Helm:
         return self.run(*args)
 
     def upgrade(self, release: str, *sets: str, namespace: str = "monitoring", chart: Path = CHART,
-                wait: bool = False) -> HelmResult:
+                wait: bool = False, reuse_values: bool = False) -> HelmResult:
         args = ["upgrade", release, str(chart), "--namespace", namespace]
+        if reuse_values:
+            args.append("--reuse-values")
         for s in sets:
             args += ["--set", s]
         if wait:

@@ -14,7 +14,11 @@ fixture) except where a test says otherwise through the chart's own values.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +30,7 @@ import pytest
 from tests.controlplane.fixtures import api_client_for
 from tests.e2e.prometheus import PrometheusApi
 from tests.monitoring.build import MonitoringBuild
-from tests.monitoring.fixtures import Helm, helm_bin, monitoring_build
+from tests.monitoring.fixtures import CHART, Helm, helm_bin, monitoring_build
 from tests.monitoring.kps import NAMESPACE, RELEASE, Stack, eventually, render
 from tests.monitoring.receiver import Receiver
 
@@ -161,3 +165,334 @@ def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_lo
     assert not broken, broken
     print(f"exporter target UP {env.figures['target up after install (s)']:.0f}s after helm install; "
           f"{len(groups)} rule groups, {sum(len(g['rules']) for g in ours.values())} rules loaded, no error")
+
+
+# ---------------------------------------------------------------------------------------------- a webhook
+
+
+workloads = pytest.importorskip("tests.node.workloads", reason="the node layer (tests/node) is not here yet")
+GUARD = "awe-mon-guard"  # the backend Deployment/Service
+GUARD_WEBHOOK = "guard.awe-mon.example.com"
+GUARD_CONFIG = "awe-mon-guard"
+CERT_DAYS_LEFT = 10  # the backend's certificate: above the chart's 7-day critical band, inside 14
+
+
+@dataclass
+class Guard:
+    """A failurePolicy: Fail webhook whose backend is a real Deployment, intercepting ConfigMaps in HOOKS_NS."""
+
+    backend: Any
+    configuration: dict[str, Any]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"configuration": GUARD_CONFIG, "name": GUARD_WEBHOOK, "type": "validating"}
+
+
+@pytest.fixture(scope="module")
+def guard(env: Env) -> Iterator[Guard]:
+    import datetime as dt
+
+    from exporter.pki import CertificateAuthority
+
+    ca = CertificateAuthority.create("awe monitoring test CA")
+    backend = workloads.Backend(GUARD, HOOKS_NS, env.build.receiver_image, ca, replicas=1)
+    objects = backend.objects()
+    # Its serving certificate expires in CERT_DAYS_LEFT days: the threshold test 2 overrides sees it.
+    serving = ca.issue([backend.server_name, f"{backend.server_name}.cluster.local"],
+                       valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=CERT_DAYS_LEFT))
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    secret["stringData"] = {"tls.crt": serving.cert_pem.decode(), "tls.key": serving.key_pem.decode()}
+    for obj in objects:
+        env.stack.apply(obj)
+    configuration = workloads.webhook_configuration(
+        GUARD_CONFIG, GUARD_WEBHOOK, backend, failure_policy="Fail", resources=("configmaps",),
+        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": HOOKS_NS}})
+    wait_replicas(env, 1)
+    env.stack.apply(configuration)
+    yield Guard(backend, configuration)
+    env.stack.delete(configuration)
+
+
+def wait_replicas(env: Env, n: int) -> None:
+    def ready() -> bool:
+        d: Any = env.stack.apps.read_namespaced_deployment(GUARD, HOOKS_NS)
+        return (d.status.ready_replicas or 0) == n and (n > 0 or not d.status.replicas)
+
+    eventually(ready, timeout_s=120, what=f"{GUARD} with {n} ready replicas", every_s=1.0,
+               describe=lambda: env.node.describe(HOOKS_NS))
+
+
+def scale(env: Env, n: int) -> None:
+    env.kubectl("-n", HOOKS_NS, "scale", f"deployment/{GUARD}", f"--replicas={n}")
+    wait_replicas(env, n)
+
+
+def rule_for(stack: Stack, alertname: str) -> dict[str, Any]:
+    api = stack.dynamic.resources.get(api_version="monitoring.coreos.com/v1", kind="PrometheusRule")
+    for item in api.get(namespace=NAMESPACE).to_dict()["items"]:
+        if item["metadata"].get("labels", {}).get("app.kubernetes.io/instance") != EXPORTER_RELEASE:
+            continue
+        for group in item["spec"]["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") == alertname:
+                    return dict(rule)
+    raise AssertionError(f"no alert {alertname} in the chart's PrometheusRule")
+
+
+def upgrade(env: Env, *sets: str) -> None:
+    env.helm.upgrade(EXPORTER_RELEASE, *sets, wait=True, reuse_values=True).check()
+
+
+def about(alert: dict[str, Any], alertname: str, **labels: str) -> bool:
+    return alert["labels"].get("alertname") == alertname and all(alert["labels"].get(k) == v for k, v in labels.items())
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_2_a_fail_webhook_without_endpoints_pages_through_alertmanager_and_resolves(env: Env, guard: Guard) -> None:
+    # `for:` and a threshold, through the chart's values only (prometheusRule.config): the committed rules wait
+    # minutes; the certificate's 10 days left are a warning by default (< 21) and critical only below 14 here.
+    upgrade(env, f"prometheusRule.config.endpointsFor={SHORT_FOR}", f"prometheusRule.config.expiryFor={SHORT_FOR}",
+            "prometheusRule.config.certCriticalDays=14")
+    assert rule_for(env.stack, "AdmissionWebhookNoReadyEndpoints")["for"] == SHORT_FOR
+    t_install = env.figures.get("helm install at (s)", time.monotonic())
+
+    # The threshold override, end to end: critical, not warning.
+    _, cert = env.receiver.wait_for_alert(
+        lambda a: about(a, "AdmissionWebhookCertificateExpiring", name=GUARD_WEBHOOK), status="firing",
+        timeout_s=WITHIN_S, what="AdmissionWebhookCertificateExpiring for the guard webhook at the receiver")
+    env.figures["helm install -> first alert at the receiver (s)"] = time.monotonic() - t_install
+    assert cert["labels"]["severity"] == "critical", cert
+    assert {"warning"} not in [{a["labels"]["severity"]} for _, a in env.receiver.alerts("firing")
+                               if about(a, "AdmissionWebhookCertificateExpiring", name=GUARD_WEBHOOK)]
+
+    # No ready endpoints: the receiver gets the page with what a responder needs.
+    t0 = time.time()
+    m0 = time.monotonic()
+    scale(env, 0)
+    _, page = env.receiver.wait_for_alert(
+        lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels), status="firing",
+        timeout_s=WITHIN_S, what="AdmissionWebhookNoReadyEndpoints at the receiver")
+    env.figures["scaled to 0 -> page at the receiver (s)"] = time.monotonic() - m0
+    assert page["labels"]["severity"] == "critical", page
+    runbook = page["annotations"]["runbook_url"]
+    assert runbook.endswith("/docs/runbooks/AdmissionWebhookNoReadyEndpoints.md"), runbook
+    assert (REPO / "docs" / "runbooks" / "AdmissionWebhookNoReadyEndpoints.md").is_file()
+    assert GUARD_WEBHOOK in page["annotations"]["description"], page["annotations"]
+    assert page["startsAt"] >= time.strftime("%Y-%m-%dT%H:%M", time.gmtime(t0 - 60)), page
+
+    # Scale back: resolved.
+    m1 = time.monotonic()
+    scale(env, 1)
+    env.receiver.wait_for_alert(lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels),
+                                status="resolved", timeout_s=WITHIN_S, what="the page resolved at the receiver")
+    env.figures["scaled back -> resolved at the receiver (s)"] = time.monotonic() - m1
+    print({k: round(v, 1) for k, v in env.figures.items() if "(s)" in k and "at (s)" not in k})
+
+
+WRONG_NS = "awe-mon-wrong"
+WRONG_RELEASE = "awe-wrong"
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_3_a_wrong_release_label_never_becomes_a_target_and_notes_say_how_to_fix(env: Env) -> None:
+    env.stack.ensure_namespace(WRONG_NS)
+    try:
+        installed = env.helm.install(WRONG_RELEASE, "serviceMonitor.additionalLabels.release=prometheus",
+                                     namespace=WRONG_NS, wait=True).check()
+        # A ServiceMonitor created afterwards with the right label, for the same exporter Service: once the
+        # running Prometheus scrapes it, the operator has generated and Prometheus reloaded a configuration
+        # that had seen the chart's own ServiceMonitor too.
+        sentinel = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                    "metadata": {"name": "awe-sentinel", "namespace": WRONG_NS, "labels": {"release": RELEASE}},
+                    "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": WRONG_RELEASE}},
+                             "namespaceSelector": {"matchNames": [WRONG_NS]},
+                             "endpoints": [{"port": "metrics", "interval": "10s"}]}}
+        env.stack.apply(sentinel)
+        eventually(lambda: [t for t in env.prom.targets()
+                            if t["scrapePool"] == f"serviceMonitor/{WRONG_NS}/awe-sentinel/0"],
+                   timeout_s=WITHIN_S, every_s=2.0, what="the sentinel ServiceMonitor's target")
+        pools = {t["scrapePool"] for t in env.prom.targets()}
+        assert f"serviceMonitor/{WRONG_NS}/{WRONG_RELEASE}-admission-webhook-exporter/0" not in pools, pools
+        assert f"serviceMonitor/{WRONG_NS}" not in env.prom.config_yaml().replace("awe-sentinel", ""), \
+            "the chart's ServiceMonitor reached the configuration despite release=prometheus"
+        # Nor its rules: the operator names each rule file after the PrometheusRule's namespace and name.
+        files = {g["file"] for g in env.prom.rule_groups()}
+        assert not [f for f in files if f"/{WRONG_NS}-" in f], files
+        assert [f for f in files if f"/{NAMESPACE}-{EXPORTER_RELEASE}-" in f], files  # the right release's are
+        # What the user read after `helm install`: the label the ServiceMonitor carries, what selects it.
+        notes = installed.stdout
+        assert "release=prometheus" in notes and "serviceMonitorSelector" in notes, notes
+    finally:
+        env.stack.delete({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                          "metadata": {"name": "awe-sentinel", "namespace": WRONG_NS}})
+        env.helm.uninstall(WRONG_RELEASE, namespace=WRONG_NS)
+
+
+def refusing_port() -> socket.socket:
+    """A loopback port that refuses connections and that nobody else can take: bound, never listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def create_configmaps(env: Env, count: int, pause_s: float) -> list[str]:
+    """ConfigMap creations in HOOKS_NS (each one calls the guard webhook); the errors they got."""
+    from kubernetes.client.exceptions import ApiException
+
+    errors = []
+    for i in range(count):
+        body: Any = {"metadata": {"generateName": "traffic-"}, "data": {"i": str(i)}}
+        try:
+            env.stack.core.create_namespaced_config_map(HOOKS_NS, body)
+        except ApiException as e:
+            errors.append(str(e.body))
+        time.sleep(pause_s)
+    return errors
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_4_the_apiserver_scraped_as_kube_prometheus_stack_does_and_calls_failing_pages(env: Env,
+                                                                                    guard: Guard) -> None:
+    # kube-prometheus-stack's apiserver ServiceMonitor: the `kubernetes` Service in `default`, job="apiserver".
+    [api_target] = eventually(
+        lambda: up_targets(env.prom, "apiserver"), timeout_s=WITHIN_S, every_s=2.0,
+        what='an UP target with job="apiserver"',
+        describe=lambda: f"{[(t['labels'], t.get('lastError')) for t in targets(env.prom, 'apiserver')]}")
+    assert api_target["labels"]["service"] == "kubernetes" and api_target["labels"]["namespace"] == "default"
+    assert api_target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{RELEASE}-apiserver/0", api_target
+
+    upgrade(env, f"prometheusRule.config.apiserverFor={SHORT_FOR}")
+    assert rule_for(env.stack, "AdmissionWebhookCallsFailing")["for"] == SHORT_FOR
+    scale(env, 1)
+    pods: list[Any] = env.stack.core.list_namespaced_pod(HOOKS_NS, label_selector=guard.backend.label_selector).items
+    [pod_ip] = [p.status.pod_ip for p in pods if p.status.pod_ip]
+    # Calls pass first: the apiserver reaches the backend (its counters get a series per webhook).
+    assert not create_configmaps(env, 3, 0.2)
+
+    # Cut the control plane's only route to that Pod: the egress proxy now sends the apiserver's dials to the
+    # backend to a loopback port that refuses them. The exporter, in its Pod, still reaches the backend.
+    closed = refusing_port()
+    env.node.cp.map_service(pod_ip, workloads.BACKEND_PORT, "127.0.0.1", closed.getsockname()[1])
+    m0 = time.monotonic()
+    try:
+        deadline = time.monotonic() + WITHIN_S
+        received: tuple[float, dict[str, Any]] | None = None
+        errors: list[str] = []
+        while received is None and time.monotonic() < deadline:
+            errors += create_configmaps(env, 5, 1.0)
+            received = next(((t, a) for t, a in env.receiver.alerts("firing")
+                             if about(a, "AdmissionWebhookCallsFailing", name=GUARD_WEBHOOK)), None)
+        assert errors and all("failed calling webhook" in e for e in errors), errors[:3]
+        assert received, (f"AdmissionWebhookCallsFailing not at the receiver within {WITHIN_S:g}s; "
+                          f"firing: {[a['labels'] for a in env.prom.alerts()]}")
+        env.figures["calls failing -> page at the receiver (s)"] = time.monotonic() - m0
+        _, page = received
+        assert page["labels"]["severity"] == "critical" and page["labels"]["type"] == "validating", page
+        assert GUARD_WEBHOOK in page["annotations"]["description"]
+        # Meanwhile the exporter's probes of that webhook pass: the alert is about the control plane's path.
+        ok = env.prom.query(f'admission_webhook_probe_success{{job="{EXPORTER_JOB}", name="{GUARD_WEBHOOK}"}} == 1')
+        assert ok, "the exporter's probe of the backend failed too"
+    finally:
+        env.node.cp.unmap_service(pod_ip, workloads.BACKEND_PORT)
+        closed.close()
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dashboards_queries_work_on_the_operators_prometheus(env: Env, guard: Guard,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every panel's every query, with Grafana's variables resolved as Grafana would for this Prometheus, is
+    accepted by the operator's Prometheus; the apiserver panels and the exporter panels return data with
+    kube-prometheus-stack's labels. The dashboard ConfigMaps are labelled for the Grafana sidecar and hold
+    exactly dashboards/*.json."""
+    from tests import test_dashboards as td
+
+    # $__rate_interval: Grafana's max(4 x scrape interval, interval + scrape interval) = 2m at a 30s scrape.
+    monkeypatch.setattr(td, "RATE_INTERVAL", "2m")
+    measured = td.evaluate(env.prom, [GUARD_WEBHOOK])  # type: ignore[arg-type]
+    errors = [e for results in measured.targets.values() for r in results for e in r.errors]
+    assert not errors, "\n".join(errors)
+    empty_apiserver = [(panel, r.ref) for panel, results in measured.targets.items() for r in results
+                       if "apiserver_admission_webhook" in r.expr and not r.rows]
+    assert not empty_apiserver, empty_apiserver
+    print(f"{sum(len(r) for r in measured.targets.values())} panel queries accepted; rows per panel: "
+          + ", ".join(f"{t}={max((r.rows for r in rs), default=0)}" for (_, t), rs in measured.targets.items()))
+
+    maps = env.stack.core.list_namespaced_config_map(
+        NAMESPACE, label_selector=f"grafana_dashboard=1,app.kubernetes.io/instance={EXPORTER_RELEASE}").items
+    held = {name: json.loads(text) for cm in maps for name, text in (cm.data or {}).items()}
+    shipped = {p.name: json.loads(p.read_text()) for p in sorted((REPO / "dashboards").glob("*.json"))}
+    assert held == shipped, (sorted(held), sorted(shipped))
+
+
+def previous_chart(dest: Path) -> tuple[str, Path]:
+    """The chart as it was before its latest change (git): the version a user upgrades from."""
+    rel = CHART.relative_to(REPO)
+    last = subprocess.run(["git", "log", "-n", "1", "--format=%H", "--", str(rel)], cwd=REPO, capture_output=True,
+                          text=True, timeout=30, check=True).stdout.strip()
+    ref = f"{last}^"
+    archive = subprocess.run(["git", "archive", "--format=tar", ref, str(rel)], cwd=REPO, capture_output=True,
+                             timeout=60, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return ref, dest / rel
+
+
+UPGRADE_NS = "awe-mon-upgrade"
+UPGRADE_RELEASE = "awe-upgrade"
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env: Env, guard: Guard,
+                                                                            tmp_path: Path) -> None:
+    # Two replicas: two targets, one alert (the rules aggregate over instance and pod).
+    upgrade(env, "replicaCount=2", f"prometheusRule.config.endpointsFor={SHORT_FOR}")
+    eventually(lambda: len(up_targets(env.prom, EXPORTER_JOB)) == 2, timeout_s=WITHIN_S, every_s=2.0,
+               what="two UP exporter targets")
+    t0 = time.time()
+    scale(env, 0)
+    try:
+        env.receiver.wait_for_alert(lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels),
+                                    status="firing", timeout_s=WITHIN_S, what="the page with two replicas")
+        time.sleep(SCRAPE_S)  # another evaluation: a second alert, if any, would be there by now
+        pages = {json.dumps(a["labels"], sort_keys=True) for t, a in env.receiver.alerts("firing")
+                 if t >= t0 and about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels)}
+        assert len(pages) == 1, pages
+        assert len(firing(env.prom, "AdmissionWebhookNoReadyEndpoints", name=GUARD_WEBHOOK)) == 1
+    finally:
+        scale(env, 1)
+        upgrade(env, "replicaCount=1")
+
+    # helm upgrade from the chart's previous version: same targets, no rule lost.
+    ref, old_chart = previous_chart(tmp_path)
+    env.stack.ensure_namespace(UPGRADE_NS)
+    try:
+        env.helm.install(UPGRADE_RELEASE, f"serviceMonitor.additionalLabels.release={RELEASE}",
+                         namespace=UPGRADE_NS, chart=old_chart, wait=True).check()
+
+        def state() -> tuple[set[str], set[str]]:
+            pools = {t["scrapePool"] for t in up_targets(env.prom, EXPORTER_JOB)
+                     if t["labels"].get("namespace") == UPGRADE_NS}
+            rules = {r["name"] for g in env.prom.rule_groups() if f"/{UPGRADE_NS}-" in g["file"] for r in g["rules"]}
+            return pools, rules
+
+        before = eventually(lambda: (s := state())[0] and s[1] and s, timeout_s=WITHIN_S, every_s=2.0,
+                            what=f"the {ref} chart's target and rules loaded")
+        env.helm.upgrade(UPGRADE_RELEASE, namespace=UPGRADE_NS, wait=True, reuse_values=True).check()
+        after = eventually(lambda: (s := state())[0] and s[1] >= before[1] and s, timeout_s=WITHIN_S,
+                           every_s=2.0, what="after the upgrade, the same target and every rule",
+                           describe=lambda: f"before {before}, now {state()}")
+        assert after[0] == before[0], (before[0], after[0])
+        print(f"upgrade from {ref}: targets {sorted(after[0])}, rules {len(before[1])} -> {len(after[1])}")
+    finally:
+        env.helm.uninstall(UPGRADE_RELEASE, namespace=UPGRADE_NS)
