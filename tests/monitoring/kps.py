@@ -139,6 +139,9 @@ class Stack:
             crd = yaml.safe_load(path.read_text())
             self.apply(crd)
             names.append(crd["metadata"]["name"])
+        # Deleted after everything else (uninstall goes newest first): put them at the front.
+        crds = [o for o in self.created if o["kind"] == "CustomResourceDefinition"]
+        self.created = crds + [o for o in self.created if o["kind"] != "CustomResourceDefinition"]
 
         def established() -> bool:
             for name in names:
@@ -167,11 +170,12 @@ class Stack:
             self.start_operator_process()
 
     def uninstall(self) -> None:
-        """Delete what ``install``/``apply`` created, newest first; the operator process is stopped. The CRDs
-        stay (other tests of the session may use them; deleting them cascades to every custom resource)."""
+        """Delete what ``install``/``apply`` created, newest first, the CRDs last (a cluster shared by the
+        session is left without them, as other tests expect to find it); the operator process is stopped.
+        Namespaces stay: their deletion needs the namespace controller, which only a node's cluster runs."""
         self.stop_operator_process()
         for obj in reversed(self.created):
-            if obj["kind"] not in ("CustomResourceDefinition", "Namespace"):
+            if obj["kind"] != "Namespace":
                 self.delete(obj)
         self.created.clear()
 
