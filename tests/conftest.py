@@ -8,6 +8,7 @@ import pytest
 from exporter.backend import HEALTHY, Behaviour, WebhookBackend
 from exporter.pki import CertificateAuthority, ServingCertificate
 from tests.controlplane.fixtures import *  # noqa: F403  (control_plane, kube_api, netns_host, ...)
+from tests.node.fixtures import *  # noqa: F403  (node_cluster, node_image)
 from tests.servers import Handler, RawServer
 
 
