@@ -1,1 +1,2 @@
-"""Grafana dashboards as code: `python -m dashboards.build` renders dashboards/*.json and docs/dashboards.md."""
+"""Grafana dashboards as code: `python -m dashboards.build` writes the Helm chart's files/dashboards/*.json
+and docs/dashboards.md."""

@@ -1,6 +1,6 @@
 """Render the Grafana dashboards from code, with Grafana's grafana-foundation-sdk.
 
-    python -m dashboards.build            # write dashboards/*.json and docs/dashboards.md
+    python -m dashboards.build            # write the chart's files/dashboards/*.json and docs/dashboards.md
     python -m dashboards.build --check    # exit 1 if a committed file is not what would be written
 
 Two dashboards, fixed uids so links and provisioning survive a re-import:
@@ -62,8 +62,10 @@ CONFIG = ROOT / "alerts" / "config.yaml"
 DOCS = ROOT / "docs" / "dashboards.md"
 OVERVIEW_UID = "awe-overview"
 DETAIL_UID = "awe-detail"
-OVERVIEW_FILE = HERE / "admission-webhooks-overview.json"
-DETAIL_FILE = HERE / "admission-webhook-detail.json"
+# Written straight into the Helm chart, the one place that ships them (as ConfigMaps; import them from there).
+OUTPUT_DIR = ROOT / "deploy" / "helm" / "admission-webhook-exporter" / "files" / "dashboards"
+OVERVIEW_FILE = OUTPUT_DIR / "admission-webhooks-overview.json"
+DETAIL_FILE = OUTPUT_DIR / "admission-webhook-detail.json"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["admission-webhook-exporter", "kubernetes"]
 DAY = 86400
@@ -682,7 +684,7 @@ def docs(dashboards: Sequence[tuple[Path, dict[str, Any]]]) -> str:
         "",
     ]
     for path, data in dashboards:
-        lines += [f"## {data['title']}", "", f"`dashboards/{path.name}`, uid `{data['uid']}`. "
+        lines += [f"## {data['title']}", "", f"`{_shown(path)}`, uid `{data['uid']}`. "
                   f"{data.get('description', '')}", ""]
         for p in panels(data):
             lines += [f"### {p['title']} ({p['type']})", "", p.get("description", ""), ""]
@@ -725,6 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if stale else 0
     for p, text in files.items():
         if not p.exists() or p.read_text() != text:
+            p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text)
             print(f"wrote {_shown(p)}")
     return 0

@@ -1,5 +1,7 @@
 """The alerting bundle (alerts/): promtool checks and tests, rendered files current, every alert complete.
 
+The chart side of the same rules (prometheusRule.config, rendered by helm) is tested in tests/test_deploy.py.
+
 alerts/check.sh needs `promtool` (alerts/install-promtool.sh). Without it that one test is skipped, unless
 AWE_REQUIRE_PROMTOOL is set (CI sets it), where a missing promtool fails. The checks that need only
 Python and PyYAML always run.
@@ -21,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
 RULE_FILES = sorted((ALERTS / "rules").glob("*.yaml"))
-PROMETHEUS_RULE = ROOT / "deploy" / "prometheus-rule.yaml"
+CHART = ROOT / "deploy" / "helm" / "admission-webhook-exporter"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -169,26 +171,85 @@ def test_metric_name_parser() -> None:
     assert metric_names(expr) == {"apiserver_x_total", "rec:ord:min", "up", "m_info"}
 
 
-def test_prometheus_rule_holds_every_group() -> None:
-    resource = yaml.safe_load(PROMETHEUS_RULE.read_text())
-    assert resource["apiVersion"] == "monitoring.coreos.com/v1"
-    assert resource["kind"] == "PrometheusRule"
-    assert resource["metadata"]["labels"]["release"]
-    groups = [group for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]]
-    assert resource["spec"]["groups"] == groups
+def _render_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("awe_alerts_render", ALERTS / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chart_gets_the_sources_with_its_value_names() -> None:
+    """files/rules/X.yaml is alerts/src/X.yaml with ${cert_critical_days} spelled ${certCriticalDays}, and
+    values.yaml's prometheusRule.config holds every key of config.yaml, camelCased, with its default."""
+    render = _render_module()
+    assert render.chart_key("cert_critical_days") == "certCriticalDays"
+    assert render.chart_key("apiserver_rate_window") == "apiserverRateWindow"
+    config = yaml.safe_load((ALERTS / "config.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]["config"]
+    assert values == {render.chart_key(k): v for k, v in config.items()}
+    chart_files = sorted((CHART / "files" / "rules").glob("*.yaml"))
+    assert [p.name for p in chart_files] == [p.name for p in sorted((ALERTS / "src").glob("*.yaml"))]
+    for path in chart_files:
+        text = path.read_text()
+        assert set(re.findall(r"\$\{(\w+)\}", text)) <= set(values), path.name
+        source = (ALERTS / "src" / path.name).read_text()
+        assert re.sub(r"\$\{(\w+)\}", lambda m: "${" + render.chart_key(m.group(1)) + "}", source) in text
+
+
+def test_values_yaml_defaults_follow_config_yaml_and_keep_their_comments() -> None:
+    render = _render_module()
+    text = (CHART / "values.yaml").read_text()
+    config = yaml.safe_load((ALERTS / "config.yaml").read_text())
+    assert render.chart_values(text, config) == text
+    changed = render.chart_values(text, {**config, "cert_critical_days": 3, "endpoints_for": "30s"})
+    diff = [(a, b) for a, b in zip(text.splitlines(), changed.splitlines(), strict=True) if a != b]
+    assert diff == [("    certCriticalDays: 7", "    certCriticalDays: 3"),
+                    ("    endpointsFor: 2m", "    endpointsFor: 30s")]
+    with pytest.raises(render.RenderError, match=r"prometheusRule.config lacks newThingFor .*add it there with a "
+                                                 r"comment"):
+        render.chart_values(text, {**config, "new_thing_for": "1m"})
+    with pytest.raises(render.RenderError, match=r"prometheusRule.config.auditFor is not a key of alerts/config"):
+        render.chart_values(text, {k: v for k, v in config.items() if k != "audit_for"})
+
+
+def _render(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ALERTS / "render.py"), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
 
 
 def test_overrides_change_only_what_they_name(tmp_path: Path) -> None:
     """--set renders elsewhere, changes the threshold, and rejects a key config.yaml does not have."""
     out = tmp_path / "rules"
-    cmd = [sys.executable, str(ALERTS / "render.py"), "--rules-dir", str(out),
-           "--prometheus-rule", str(tmp_path / "pr.yaml")]
-    run = subprocess.run([*cmd, "--set", "cert_critical_days=3"], capture_output=True, text=True, timeout=60)
+    run = _render("--rules-dir", str(out), "--set", "cert_critical_days=3")
     assert run.returncode == 0, run.stderr
     rendered = (out / "certificates.yaml").read_text()
     assert "tls_certificate_expiry_seconds:min < 3 * 86400" in rendered
     assert "tls_certificate_expiry_seconds:min < 7 * 86400" not in rendered
     assert "ca_bundle_expiry_seconds:min < 7 * 86400" in rendered  # its own key, untouched
     assert (out / "probes.yaml").read_text() == (ALERTS / "rules" / "probes.yaml").read_text()
-    bad = subprocess.run([*cmd, "--set", "cert_critical_day=3"], capture_output=True, text=True, timeout=60)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["rules", *(p.name for p in RULE_FILES)]), \
+        "an override must write its rule files and nothing else (the chart keeps the defaults)"
+    bad = _render("--rules-dir", str(out), "--set", "cert_critical_day=3")
     assert bad.returncode == 2 and "unknown key(s) cert_critical_day" in bad.stderr
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("probe_failure_for=2 minutes", "probe_failure_for: '2 minutes' is not a Prometheus duration"),
+    ("apiserver_rate_window=5", "apiserver_rate_window: '5' is not a Prometheus duration"),
+    ("cert_warning_days=three", "cert_warning_days: 'three' is not a number"),
+    ("latency_timeout_ratio=", "latency_timeout_ratio must not be empty"),
+    ("cluster_label=", "cluster_label must not be empty"),
+])
+def test_bad_overrides_are_refused_with_the_key_named(tmp_path: Path, override: str, message: str) -> None:
+    run = _render("--rules-dir", str(tmp_path), "--set", override)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_overrides_without_rules_dir_are_refused() -> None:
+    """The committed alerts/rules always hold the defaults the promtool tests pin."""
+    run = _render("--set", "cert_critical_days=3")
+    assert run.returncode == 2 and "give --rules-dir" in run.stderr

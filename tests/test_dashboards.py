@@ -35,7 +35,9 @@ from tests.e2e.scenario import Scenario, open_scenario
 
 make_prometheus = e2e_prometheus.make_prometheus  # the fixture, used by this module's tests
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "dashboards").glob("*.json"))}
+# Where dashboards/build.py writes them: the Helm chart's files/dashboards/ (docs/generation.md).
+DASHBOARD_DIR = ROOT / "deploy" / "helm" / "admission-webhook-exporter" / "files" / "dashboards"
+DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in sorted(DASHBOARD_DIR.glob("*.json"))}
 UIDS = {"admission-webhooks-overview": "awe-overview", "admission-webhook-detail": "awe-detail"}
 RATE_INTERVAL = "1m"  # $__rate_interval: 4 x a 15 s scrape interval in Grafana; our traffic is well inside it
 RISK_METRIC = "admission_webhook_risk_info"

@@ -2,32 +2,32 @@
 
 * `helm lint` / `helm template` with the helm that tests/helm/install.sh builds from the Go module proxy. Without
   it these tests skip and say why, unless AWE_REQUIRE_HELM=1 (CI), where a missing helm fails them.
-* The chart's ClusterRole is exactly deploy/rbac/clusterrole.yaml; its PrometheusRule is exactly the alerts
-  bundle; every value is documented; deploy/render.sh --check passes.
+* The chart's ClusterRole is exactly deploy/rbac/clusterrole.yaml; its PrometheusRule, with default values, is
+  exactly alerts/rules/ (and passes alerts/tests/ under promtool); each prometheusRule.config value changes exactly
+  the expressions, `for:` and annotations that use it, and a shortened `for:` fires earlier under promtool; its
+  dashboard ConfigMaps hold exactly what dashboards/build.py generates; every value is documented.
+* The ServiceMonitor and PrometheusRule render only where the cluster serves their kinds (`--api-versions` for
+  `helm template`), or when forced; NOTES.txt names the labels Prometheus selects on, the command that shows the
+  selector, the `--set` that fixes a mismatch, and what it skipped.
 * Against the real test kube-apiserver (tests/controlplane): the committed deploy/manifests and the chart with
   every optional object on pass server-side dry run (dryRun=All) once the vendored prometheus-operator CRDs are
-  installed; the pod template is admitted by Pod Security `restricted`; and the exporter, run in-process with a
+  installed; the pod template is admitted by Pod Security `restricted`; the exporter, run in-process with a
   token of the chart's ServiceAccount bound only to the chart's ClusterRole, watches everything and discovers a
-  webhook configuration.
+  webhook configuration; and a real `helm install` on a private control plane without the CRDs succeeds (and
+  says what it skipped), then `helm upgrade` once the CRDs exist creates the ServiceMonitor and PrometheusRule.
 * Docker cannot run here: the Dockerfile's structure is checked instead of building it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
 import re
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -39,20 +39,28 @@ from exporter.discovery import Discovery
 from exporter.kubeapi import KubeApi, load_credentials
 from exporter.pki import CertificateAuthority
 from tests import factories as f
+from tests.chart import (
+    ALERT_RULES,
+    CHART,
+    NAMESPACE,
+    REPO,
+    alert_rule_groups,
+    api_resource,
+    apply,
+    dynamic_client,
+    ensure_namespace,
+    install_crds,
+    kinds,
+    only,
+    require_helm,
+    run,
+    template,
+)
 from tests.conftest import Servers
-from tests.controlplane.harness import ControlPlane, cache_dir
+from tests.controlplane.harness import ControlPlane
 
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "deploy" / "helm" / "admission-webhook-exporter"
 MANIFESTS = REPO / "deploy" / "manifests"
 RBAC = REPO / "deploy" / "rbac" / "clusterrole.yaml"
-PROMETHEUS_RULE = REPO / "deploy" / "prometheus-rule.yaml"
-CRDS = REPO / "tests" / "fixtures" / "crds"
-RELEASE, NAMESPACE = "admission-webhook-exporter", "monitoring"  # what deploy/manifests is rendered with
-REQUIRE_HELM = "AWE_REQUIRE_HELM"
-HELM_TIMEOUT = 120  # seconds for one helm or render.sh run (each takes well under a second)
-API_DEADLINE = 30.0  # seconds for the apiserver to establish a CRD or serve a new kind
-FIELD_MANAGER = "awe-test-deploy"
 WATCHED = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces", "services",
            "endpointslices")
 
@@ -61,53 +69,9 @@ def uid() -> str:
     return uuid.uuid4().hex[:8]
 
 
-# --------------------------------------------------------------------------------------------- #
-# helm
-
-
-def _find_helm() -> Path | None:
-    for candidate in (os.environ.get("HELM"), str(cache_dir() / "bin" / "helm"), shutil.which("helm")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    return None
-
-
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    found = _find_helm()
-    if found is None:
-        reason = f"helm not found in $HELM, {cache_dir() / 'bin'} or PATH: run tests/helm/install.sh"
-        if os.environ.get(REQUIRE_HELM) == "1":
-            pytest.fail(f"{reason} ({REQUIRE_HELM}=1)", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
-def run(argv: list[str | Path], **env: str) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion (bounded by HELM_TIMEOUT); the caller checks returncode."""
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=HELM_TIMEOUT,
-                          check=False, cwd=REPO, env={**os.environ, **env})
-
-
-def template(helm: Path, *sets: str, chart: Path = CHART, release: str = RELEASE,
-             namespace: str = NAMESPACE) -> list[dict[str, Any]]:
-    """`helm template` with `--set` arguments, as parsed documents."""
-    argv: list[str | Path] = [helm, "template", release, chart, "--namespace", namespace]
-    for s in sets:
-        argv += ["--set", s]
-    done = run(argv)
-    assert done.returncode == 0, f"{shlex.join(map(str, argv))}:\n{done.stderr}"
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"{len(found)} {kind} objects rendered"
-    return found[0]
-
-
-def kinds(docs: list[dict[str, Any]]) -> list[str]:
-    return sorted(d["kind"] for d in docs)
+    return require_helm()
 
 
 def committed_manifests() -> list[dict[str, Any]]:
@@ -125,6 +89,8 @@ def test_helm_lint_strict(helm: Path) -> None:
     done = run([helm, "lint", "--strict", CHART])
     assert done.returncode == 0, done.stdout + done.stderr
     for extra in (["--set", "networkPolicy.enabled=true,podDisruptionBudget.enabled=true,namespace.create=true"],
+                  # lint knows no prometheus-operator API: force the two templates that need it
+                  ["--set", "serviceMonitor.force=true,prometheusRule.force=true"],
                   ["--set", "serviceMonitor.enabled=false,prometheusRule.enabled=false,rbac.create=false,"
                             "serviceAccount.create=false,serviceAccount.name=existing"]):
         done = run([helm, "lint", "--strict", CHART, *extra])
@@ -211,7 +177,7 @@ def test_service_and_servicemonitor_match_kube_prometheus_stack(helm: Path) -> N
     # The alerts select job="admission-webhook-exporter" whatever the release is called.
     assert {"action": "replace", "targetLabel": "job", "replacement": "admission-webhook-exporter"} \
         in endpoint["relabelings"]
-    assert 'job="admission-webhook-exporter"' in PROMETHEUS_RULE.read_text()
+    assert all('job="admission-webhook-exporter"' in path.read_text() for path in ALERT_RULES)
 
     # The README's one command: a single --set labels the ServiceMonitor and the PrometheusRule.
     other = template(helm, "serviceMonitor.additionalLabels.release=kps", release="awe")
@@ -226,7 +192,7 @@ def test_service_and_servicemonitor_match_kube_prometheus_stack(helm: Path) -> N
 
 
 def test_prometheusrule_is_the_alerts_bundle(helm: Path) -> None:
-    want = yaml.safe_load(PROMETHEUS_RULE.read_text())["spec"]["groups"]
+    want = alert_rule_groups()
     rule = only(template(helm), "PrometheusRule")
     assert rule["spec"]["groups"] == want
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -278,7 +244,7 @@ def test_dashboards_become_one_grafana_configmap_each(helm: Path, tmp_path: Path
                                  chart=chart) if d["kind"] == "ConfigMap"]
     assert {(m["metadata"]["namespace"], m["metadata"]["annotations"]["grafana_folder"]) for m in moved} == \
         {("grafana", "K8s")}
-    # No dashboards shipped (the dashboards engineer's dashboards/ does not exist yet): nothing, and no error.
+    # A chart without dashboards: nothing, and no error.
     empty = _chart_with_dashboards(tmp_path / "empty", {})
     assert not [d for d in template(helm, chart=empty) if d["kind"] == "ConfigMap"]
 
@@ -319,32 +285,7 @@ def test_optional_objects(helm: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- #
-# generated files are current; values are documented
-
-
-def test_render_check_passes(helm: Path) -> None:
-    done = run([REPO / "deploy" / "render.sh", "--check"], HELM=str(helm), PYTHON=sys.executable)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def _load_sync() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("awe_helm_sync", REPO / "deploy" / "helm" / "sync.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sync_copies_are_current_and_dashboards_are_optional(tmp_path: Path) -> None:
-    done = run([sys.executable, REPO / "deploy" / "helm" / "sync.py", "--check"])
-    assert done.returncode == 0, done.stdout + done.stderr
-    sync = _load_sync()
-    assert sync.dashboards(tmp_path / "no-dashboards-yet") == {}
-    (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(sync.SyncError, match=r"broken\.json is not JSON"):
-        sync.dashboards(tmp_path)
-    copy = yaml.safe_load((CHART / "files" / "prometheus-rule-groups.yaml").read_text())
-    assert copy == {"groups": yaml.safe_load(PROMETHEUS_RULE.read_text())["spec"]["groups"]}
+# deploy/manifests; values are documented (scripts/generate.sh --check: tests/test_generate.py)
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -443,65 +384,13 @@ def test_dockerfile_is_multi_stage_pinned_non_root_and_runtime_only() -> None:
 # against the real test kube-apiserver
 
 
-def _dynamic(api: Any, tmp_path: Path) -> Any:
-    from kubernetes.dynamic import DynamicClient
-
-    # A private discovery cache: the shared default one in /tmp would remember a control plane of another run.
-    return DynamicClient(api, cache_file=str(tmp_path / f"discovery-{uid()}.json"))
-
-
-def _resource(dyn: Any, api_version: str, kind: str) -> Any:
-    """The API resource of a kind, waiting for a just-established CRD to appear in discovery."""
-    from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-    deadline = time.monotonic() + API_DEADLINE
-    while True:
-        try:
-            return dyn.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            dyn.resources.invalidate_cache()
-            time.sleep(0.2)
-
-
-def _apply(dyn: Any, doc: dict[str, Any], *, dry_run: bool) -> Any:
-    """Server-side apply (what `kubectl apply --server-side [--dry-run=server]` sends)."""
-    resource = _resource(dyn, doc["apiVersion"], doc["kind"])
-    extra = {"dry_run": "All"} if dry_run else {}
-    return dyn.server_side_apply(resource, body=doc, namespace=doc["metadata"].get("namespace"),
-                                 field_manager=FIELD_MANAGER, **extra)
-
-
-def _install_crds(dyn: Any) -> None:
-    """The vendored ServiceMonitor and PrometheusRule CRDs, applied for real and waited for (idempotent)."""
-    crds = _resource(dyn, "apiextensions.k8s.io/v1", "CustomResourceDefinition")
-    names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        _apply(dyn, crd, dry_run=False)
-        names.append(crd["metadata"]["name"])
-    deadline = time.monotonic() + API_DEADLINE
-    for name in names:
-        while not any(c["type"] == "Established" and c["status"] == "True"
-                      for c in (dyn.get(crds, name=name).to_dict().get("status") or {}).get("conditions") or []):
-            assert time.monotonic() < deadline, f"CRD {name} not established within {API_DEADLINE}s"
-            time.sleep(0.1)
-    dyn.resources.invalidate_cache()
-
-
-def _ensure_namespace(dyn: Any, name: str, labels: dict[str, str] | None = None) -> None:
-    _apply(dyn, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}},
-           dry_run=False)
-
-
 @pytest.fixture
 def cluster(kube_api: Any, tmp_path: Path) -> Iterator[Any]:
     """A dynamic client with the prometheus-operator CRDs installed and the namespace `monitoring` present."""
-    dyn = _dynamic(kube_api, tmp_path)
-    _install_crds(dyn)
-    _ensure_namespace(dyn, NAMESPACE)
-    yield _dynamic(kube_api, tmp_path)  # fresh discovery: sees the new kinds at once
+    dyn = dynamic_client(kube_api, tmp_path)
+    install_crds(dyn)
+    ensure_namespace(dyn, NAMESPACE)
+    yield dynamic_client(kube_api, tmp_path)  # fresh discovery: sees the new kinds at once
 
 
 def _dry_run_all(dyn: Any, docs: list[dict[str, Any]]) -> None:
@@ -509,7 +398,7 @@ def _dry_run_all(dyn: Any, docs: list[dict[str, Any]]) -> None:
 
     for doc in docs:
         try:
-            applied = _apply(dyn, doc, dry_run=True).to_dict()
+            applied = apply(dyn, doc, dry_run=True).to_dict()
         except DynamicApiError as err:
             pytest.fail(f"{doc['kind']} {doc['metadata']['name']} refused: {err.status} {err.body!r}", pytrace=False)
         assert (applied["kind"], applied["metadata"]["name"]) == (doc["kind"], doc["metadata"]["name"])
@@ -523,7 +412,7 @@ def test_committed_manifests_pass_server_side_dry_run(cluster: Any) -> None:
     _dry_run_all(cluster, docs)
     deployment = only(docs, "Deployment")
     with pytest.raises(NotFoundError):  # dryRun=All: validated and admitted, never stored
-        cluster.get(_resource(cluster, "apps/v1", "Deployment"), name=deployment["metadata"]["name"],
+        cluster.get(api_resource(cluster, "apps/v1", "Deployment"), name=deployment["metadata"]["name"],
                     namespace=NAMESPACE)
 
 
@@ -543,9 +432,9 @@ def test_pod_template_is_admitted_by_pod_security_restricted(cluster: Any) -> No
     from kubernetes.dynamic.exceptions import ForbiddenError
 
     namespace = f"awe-pss-{uid()}"
-    _ensure_namespace(cluster, namespace, {"pod-security.kubernetes.io/enforce": "restricted"})
+    ensure_namespace(cluster, namespace, {"pod-security.kubernetes.io/enforce": "restricted"})
     template_ = only(committed_manifests(), "Deployment")["spec"]["template"]
-    pods = _resource(cluster, "v1", "Pod")
+    pods = api_resource(cluster, "v1", "Pod")
 
     def pod(spec: dict[str, Any]) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Pod", "spec": spec,
@@ -586,10 +475,10 @@ async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterr
 
     docs = committed_manifests()
     account, role, binding = (only(docs, k) for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"))
-    dyn = await asyncio.to_thread(_dynamic, kube_api, tmp_path)
-    await asyncio.to_thread(_ensure_namespace, dyn, NAMESPACE)
+    dyn = await asyncio.to_thread(dynamic_client, kube_api, tmp_path)
+    await asyncio.to_thread(ensure_namespace, dyn, NAMESPACE)
     for doc in (account, role, binding):  # for real: the exporter is going to use them
-        await asyncio.to_thread(_apply, dyn, doc, dry_run=False)
+        await asyncio.to_thread(apply, dyn, doc, dry_run=False)
     core, admission = client.CoreV1Api(kube_api), client.AdmissionregistrationV1Api(kube_api)
     user = f"system:serviceaccount:{NAMESPACE}:{account['metadata']['name']}"
 

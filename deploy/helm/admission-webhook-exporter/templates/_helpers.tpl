@@ -58,3 +58,84 @@ app.kubernetes.io/part-of: admission-webhook-exporter
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the ServiceMonitor / PrometheusRule is rendered: enabled, and the cluster serves the kind (or `force`).
+Without the prometheus-operator CRDs a plain install would fail with `no matches for kind`; skipping them keeps the
+exporter installable anywhere, and NOTES.txt says what was skipped. `helm template` knows only the API versions
+given with --api-versions.
+*/}}
+{{- define "awe.serviceMonitor.enabled" -}}
+{{- if and .Values.serviceMonitor.enabled (or .Values.serviceMonitor.force (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{- define "awe.prometheusRule.enabled" -}}
+{{- if and .Values.prometheusRule.enabled (or .Values.prometheusRule.force (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule")) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* The labels kube-prometheus-stack selects on: the ServiceMonitor's, and the PrometheusRule's on top of them. */}}
+{{- define "awe.prometheusRule.selectedLabels" -}}
+{{- toYaml (merge (deepCopy (.Values.prometheusRule.additionalLabels | default dict)) (.Values.serviceMonitor.additionalLabels | default dict)) }}
+{{- end }}
+
+{{/*
+The rule groups of files/rules/*.yaml (alerts/src, written into the chart by alerts/render.py), with
+prometheusRule.config pasted in for their ${name} placeholders: plain text replaced before YAML is parsed, as
+alerts/render.py does with alerts/config.yaml, so the default values give exactly alerts/rules/. The files are
+read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is. Returns {"groups": [...]} as YAML.
+*/}}
+{{- define "awe.prometheusRule.groups" -}}
+{{- $files := .Files.Glob "files/rules/*.yaml" }}
+{{- if not $files }}
+{{- fail "files/rules/ holds no rule file: run alerts/render.py (scripts/generate.sh)" }}
+{{- end }}
+{{- $config := .Values.prometheusRule.config | default dict }}
+{{- $known := list }}
+{{- range $path, $_ := $files }}
+{{- range regexFindAll "\\$\\{[A-Za-z0-9]+\\}" ($.Files.Get $path) -1 }}
+{{- $known = append $known (trimSuffix "}" (trimPrefix "${" .)) }}
+{{- end }}
+{{- end }}
+{{- $known = $known | uniq | sortAlpha }}
+{{- range $key := $known }}
+{{- if not (hasKey $config $key) }}
+{{- fail (printf "prometheusRule.config.%s is not set: the rules need it (its default is in values.yaml)" $key) }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := $config }}
+{{- if not (has $key $known) }}
+{{- fail (printf "prometheusRule.config.%s: no rule uses such a setting; the settings are %s" $key (join ", " $known)) }}
+{{- end }}
+{{- if not (or (kindIs "string" $value) (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value)) }}
+{{- fail (printf "prometheusRule.config.%s: expected a string or a number, got %v" $key $value) }}
+{{- end }}
+{{- $text := toString $value }}
+{{- if eq $text "" }}
+{{- fail (printf "prometheusRule.config.%s must not be empty" $key) }}
+{{- end }}
+{{- /* The same rules as alerts/render.py's KINDS. */}}
+{{- if and (or (hasSuffix "For" $key) (hasSuffix "Window" $key)) (not (regexMatch "^([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$" $text)) }}
+{{- fail (printf "prometheusRule.config.%s: %q is not a Prometheus duration such as 30s, 2m or 1h30m" $key $text) }}
+{{- end }}
+{{- if and (or (hasSuffix "Days" $key) (hasSuffix "Ratio" $key)) (not (regexMatch "^[0-9]+(\\.[0-9]+)?$" $text)) }}
+{{- fail (printf "prometheusRule.config.%s: %q is not a number" $key $text) }}
+{{- end }}
+{{- end }}
+{{- $groups := list }}
+{{- range $path, $_ := $files }}
+{{- $text := $.Files.Get $path }}
+{{- range $key, $value := $config }}
+{{- $text = replace (printf "${%s}" $key) (toString $value) $text }}
+{{- end }}
+{{- $doc := fromYaml $text }}
+{{- if hasKey $doc "Error" }}
+{{- fail (printf "%s with the prometheusRule.config values is not YAML: %s" $path $doc.Error) }}
+{{- end }}
+{{- $groups = concat $groups $doc.groups }}
+{{- end }}
+{{- toYaml (dict "groups" $groups) }}
+{{- end }}
