@@ -2,7 +2,7 @@
 
 * ``monitoring_build``: what tests/monitoring/install.sh built; missing, the test skips with the reason, or
   fails under ``AWE_REQUIRE_MONITORING=1`` (CI), so a broken install cannot turn these tests into skips.
-* ``helm_bin``: tests/helm/install.sh's helm, under the same rule with ``AWE_REQUIRE_HELM``.
+* ``helm_bin``: tests/helm/install.sh's helm, under the same rule with ``AWE_REQUIRE_HELM`` (tests/chart.py).
 * ``Helm``: ``helm install/upgrade/uninstall`` of the project's chart against a test cluster's kubeconfig, each
   bounded in time, in a HOME of its own (helm writes its cache and config there, never in the user's).
 """
@@ -20,14 +20,13 @@ from typing import NoReturn
 
 import pytest
 
-from tests.controlplane.harness import cache_dir
+from tests.chart import require_helm
 from tests.monitoring.build import REQUIRE_ENV, MonitoringBuild, MonitoringUnavailable
 
 __all__ = ["CHART", "Helm", "HelmResult", "helm_bin", "monitoring_build", "unavailable"]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CHART = REPO / "deploy" / "helm" / "admission-webhook-exporter"
-REQUIRE_HELM = "AWE_REQUIRE_HELM"
 HELM_TIMEOUT_S = 300  # one helm install/upgrade/uninstall, --wait included
 
 
@@ -48,10 +47,8 @@ def monitoring_build() -> MonitoringBuild:
 
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
-    for candidate in (os.environ.get("HELM"), str(cache_dir() / "bin" / "helm"), shutil.which("helm")):
-        if candidate and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    unavailable("helm", f"not in $HELM, {cache_dir() / 'bin'} or PATH: run tests/helm/install.sh", REQUIRE_HELM)
+    """tests/helm/install.sh's helm (tests/chart.py finds it; skip or, with AWE_REQUIRE_HELM=1, fail)."""
+    return require_helm()
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,15 @@ class Stack:
             NAMESPACE, label_selector=f"prometheus-name={PROMETHEUS}").items
         return {name: text for cm in cms for name, text in (cm.data or {}).items()}
 
+    def release_rule_groups(self, release: str, namespace: str = NAMESPACE) -> list[str]:
+        """The group names of the PrometheusRule a Helm release of the chart created, as applied to the cluster."""
+        api = self.dynamic.resources.get(api_version="monitoring.coreos.com/v1", kind="PrometheusRule")
+        rules = [r for r in api.get(namespace=namespace).to_dict()["items"]
+                 if (r["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") == release]
+        if len(rules) != 1:
+            raise StackError(f"{len(rules)} PrometheusRules of release {release} in {namespace}")
+        return [g["name"] for g in rules[0]["spec"]["groups"]]
+
     def scrape_jobs(self) -> list[str]:
         config = self.generated_config()
         return [j["job_name"] for j in (yaml.safe_load(config) or {}).get("scrape_configs") or []] if config else []

@@ -107,15 +107,6 @@ def up_targets(prom: PrometheusApi, job: str) -> list[dict[str, Any]]:
     return [t for t in targets(prom, job) if t.get("health") == "up"]
 
 
-def chart_rule_groups(stack: Stack, release: str = EXPORTER_RELEASE) -> list[str]:
-    """The group names of the PrometheusRule the chart created (read from the cluster, as helm applied it)."""
-    api = stack.dynamic.resources.get(api_version="monitoring.coreos.com/v1", kind="PrometheusRule")
-    rules = [r for r in api.get(namespace=NAMESPACE).to_dict()["items"]
-             if r["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == release]
-    assert len(rules) == 1, [r["metadata"]["name"] for r in rules]
-    return [g["name"] for g in rules[0]["spec"]["groups"]]
-
-
 def loaded_groups(prom: PrometheusApi) -> dict[str, dict[str, Any]]:
     return {g["name"]: g for g in prom.rule_groups()}
 
@@ -148,7 +139,7 @@ def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_lo
     assert target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0", target
 
     # Every group of the chart's PrometheusRule is loaded, has been evaluated, and no rule has an error.
-    groups = chart_rule_groups(env.stack)
+    groups = env.stack.release_rule_groups(EXPORTER_RELEASE)
 
     def evaluated() -> dict[str, dict[str, Any]] | None:
         loaded = loaded_groups(env.prom)
@@ -428,9 +419,11 @@ def test_dashboards_queries_work_on_the_operators_prometheus(env: Env, guard: Gu
 
     maps = env.stack.core.list_namespaced_config_map(
         NAMESPACE, label_selector=f"grafana_dashboard=1,app.kubernetes.io/instance={EXPORTER_RELEASE}").items
-    held = {name: json.loads(text) for cm in maps for name, text in (cm.data or {}).items()}
-    shipped = {p.name: json.loads(p.read_text()) for p in sorted((REPO / "dashboards").glob("*.json"))}
-    assert held == shipped, (sorted(held), sorted(shipped))
+    # Exactly the files dashboards/build.py writes (its --check, in tests/test_dashboards.py, keeps them current).
+    held = {name: text for cm in maps for name, text in (cm.data or {}).items()}
+    shipped = {p.name: p.read_text().rstrip("\n") for p in sorted(td.DASHBOARD_DIR.glob("*.json"))}
+    assert sorted(held) == sorted(shipped) and len(shipped) == 2, (sorted(held), sorted(shipped))
+    assert held == shipped, "a dashboard ConfigMap's JSON differs from the generated file"
 
 
 def previous_chart(dest: Path) -> tuple[str, Path]:

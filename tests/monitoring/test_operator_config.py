@@ -31,14 +31,12 @@ import yaml
 from tests.controlplane.fixtures import api_client_for
 from tests.controlplane.harness import ControlPlane
 from tests.monitoring.build import MonitoringBuild
-from tests.monitoring.fixtures import CHART, Helm, helm_bin, monitoring_build
+from tests.monitoring.fixtures import Helm, helm_bin, monitoring_build
 from tests.monitoring.kps import NAMESPACE, RELEASE, Stack, eventually
 
 __all__ = ["helm_bin", "monitoring_build"]  # fixtures used by this module
 
 GENERATED_WITHIN_S = 60.0  # the operator reconciles at once on every watch event; measured ~2 s
-RULE_GROUPS = [g["name"] for g in
-               yaml.safe_load((CHART / "files" / "prometheus-rule-groups.yaml").read_text())["groups"]]
 
 
 @pytest.fixture
@@ -85,10 +83,11 @@ def test_operator_generates_the_scrape_job_and_rule_files(operator_stack: tuple[
     try:
         started = time.monotonic()
         helm.install("admission-webhook-exporter", f"serviceMonitor.additionalLabels.release={RELEASE}").check()
+        chart_groups = stack.release_rule_groups("admission-webhook-exporter")
         job = wait_generated(stack, lambda: job_of(stack.generated_config(), "admission-webhook-exporter"),
                              "a scrape job for the exporter's ServiceMonitor")
         rules = wait_generated(
-            stack, lambda: (r := stack.generated_rules()) and set(RULE_GROUPS) <= set(groups_in(r)) and r,
+            stack, lambda: (r := stack.generated_rules()) and set(chart_groups) <= set(groups_in(r)) and r,
             "every rule group of the chart's PrometheusRule in a rule file")
         generated_after = time.monotonic() - started
     finally:
@@ -104,7 +103,7 @@ def test_operator_generates_the_scrape_job_and_rule_files(operator_stack: tuple[
     assert sd["namespaces"]["names"] == [NAMESPACE], sd
     assert any(r.get("regex") == "metrics" for r in job["relabel_configs"]), "port selected by its name `metrics`"
     # One rule group per chart group, each exactly once (no group dropped or duplicated on the way).
-    assert sorted(groups_in(rules)) == sorted(RULE_GROUPS)
+    assert sorted(groups_in(rules)) == sorted(chart_groups)
 
     # Debian's promtool (2.42, the Prometheus the Pods run) loads the operator's rule files.
     promtool = shutil.which("promtool")
@@ -115,7 +114,7 @@ def test_operator_generates_the_scrape_job_and_rule_files(operator_stack: tuple[
         checked = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
                                  timeout=60, check=False)
         assert checked.returncode == 0, f"{name}: {checked.stdout}{checked.stderr}"
-    print(f"operator {stack.build.operator_version}: scrape job and {len(RULE_GROUPS)} rule groups generated "
+    print(f"operator {stack.build.operator_version}: scrape job and {len(chart_groups)} rule groups generated "
           f"{generated_after:.1f}s after helm install")
 
 
@@ -128,6 +127,7 @@ def test_a_wrong_release_label_is_ignored_and_notes_say_why(operator_stack: tupl
     helm = Helm(helm_bin, cp.kubeconfig_path)
     try:
         installed = helm.install("awe-wrong", "serviceMonitor.additionalLabels.release=prometheus").check()
+        chart_groups = stack.release_rule_groups("awe-wrong")
         # A ServiceMonitor and a PrometheusRule created afterwards with the right label: once the operator has
         # generated them, it has seen the chart's objects too.
         sentinel_labels = {"release": RELEASE}
@@ -147,7 +147,7 @@ def test_a_wrong_release_label_is_ignored_and_notes_say_why(operator_stack: tupl
         helm.close()
 
     assert job_of(config, "awe-wrong-admission-webhook-exporter") is None, "selected despite release=prometheus"
-    assert not set(RULE_GROUPS) & set(groups_in(rules)), "rules selected despite release=prometheus"
+    assert not set(chart_groups) & set(groups_in(rules)), "rules selected despite release=prometheus"
     # What the user saw: NOTES.txt says which label the ServiceMonitor carries and what selects it.
     notes = installed.stdout
     assert "NOTES:" in notes, notes
