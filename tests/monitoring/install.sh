@@ -32,18 +32,18 @@
 set -euo pipefail
 {
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../lib/gobuild.sh
+source "$ROOT/tests/lib/gobuild.sh"
+gb_init "tests/monitoring/install.sh"
 OPERATOR_VERSION=v0.85.0   # the only version of the root module the Go module proxy serves (see above)
 SUITE=bookworm
 PROMETHEUS_DEB_VERSION=2.42.0      # bookworm's prometheus (2.42.0+ds-5+deb12u1)
 ALERTMANAGER_DEB_VERSION=0.25.0    # bookworm's prometheus-alertmanager (0.25.0-1+b4)
-CACHE=${AWE_CACHE:-$HOME/.cache/admission-webhook-exporter}
-BIN=$CACHE/bin
 IMAGES=$CACHE/images
 CRDS=$CACHE/monitoring/crds
-GO_TIMEOUT=${AWE_GO_TIMEOUT:-3600}
 IMAGE_TIMEOUT=${AWE_IMAGE_TIMEOUT:-1800}
-GO_STAMP=$BIN/prometheus-operator.VERSION
-GO_WANT="prometheus-operator=$OPERATOR_VERSION prometheus-config-reloader=$OPERATOR_VERSION"
+OPERATOR_WANT="prometheus-operator=$OPERATOR_VERSION"
+RELOADER_WANT="prometheus-config-reloader=$OPERATOR_VERSION"
 ROOTFS=$IMAGES/debian-monitoring.rootfs.tar
 ROOTFS_STAMP=$ROOTFS.stamp
 ROOTFS_WANT="$SUITE minbase prometheus=$PROMETHEUS_DEB_VERSION prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION python3"
@@ -56,13 +56,13 @@ PROMETHEUS_IMAGE=localhost/debian-prometheus:v$PROMETHEUS_DEB_VERSION
 ALERTMANAGER_IMAGE=localhost/debian-alertmanager:v$ALERTMANAGER_DEB_VERSION
 PYTHON_IMAGE=localhost/debian-python:3.11
 # Everything the archive is made from: a change to any of these rebuilds it.
-ARCHIVE_WANT="$GO_WANT | $ROOTFS_WANT | $OPERATOR_IMAGE $RELOADER_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $PYTHON_IMAGE | $(sha256sum "$0" | cut -c1-16)"
+ARCHIVE_WANT="$OPERATOR_WANT $RELOADER_WANT | $ROOTFS_WANT | $OPERATOR_IMAGE $RELOADER_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $PYTHON_IMAGE | $(sha256sum "$0" | cut -c1-16)"
 
-die1() { echo "tests/monitoring/install.sh: $*" >&2; exit 1; }
-die2() { echo "tests/monitoring/install.sh: $*" >&2; exit 2; }
 stamp_is() { [[ -f $1 && "$(<"$1")" == "$2" ]]; }
-
-go_cached() { stamp_is "$GO_STAMP" "$GO_WANT" && [[ -x $BIN/prometheus-operator && -x $BIN/prometheus-config-reloader && -f $CRDS/VERSION ]] && stamp_is "$CRDS/VERSION" "$OPERATOR_VERSION"; }
+go_cached() {
+  gb_cached prometheus-operator "$OPERATOR_WANT" && gb_cached prometheus-config-reloader "$RELOADER_WANT" \
+    && stamp_is "$CRDS/VERSION" "$OPERATOR_VERSION"
+}
 all_cached() { go_cached && stamp_is "$ARCHIVE_STAMP" "$ARCHIVE_WANT" && [[ -f $ARCHIVE && -f $ENV_FILE ]]; }
 
 write_env() {
@@ -89,30 +89,21 @@ if all_cached; then
   echo "monitoring cached: prometheus-operator $OPERATOR_VERSION, Prometheus $PROMETHEUS_DEB_VERSION, Alertmanager $ALERTMANAGER_DEB_VERSION ($ARCHIVE)"
   exit 0
 fi
-
-mkdir -p "$BIN" "$IMAGES" "$CACHE/go"
 # One builder at a time (CI and a developer shell may race); re-check the stamps once we hold the lock.
-exec 9>"$CACHE/monitoring-install.lock"
-flock -w "$GO_TIMEOUT" 9 || die1 "timed out waiting for $CACHE/monitoring-install.lock"
+gb_lock monitoring-install.lock
+mkdir -p "$IMAGES"
 if all_cached; then
   echo "monitoring cached (built meanwhile by another run)"
   exit 0
 fi
-T0=$(date +%s)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/awe-monitoring-build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
 
 # ---- 1. prometheus-operator and prometheus-config-reloader from the Go module proxy ----
 build_go() {
-  command -v go >/dev/null 2>&1 || die2 "cannot build prometheus-operator: 'go' not found on PATH (install Go >= 1.24)"
-  export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build
-  export GOFLAGS="-mod=mod -modcacherw -buildvcs=false" CGO_ENABLED=0 GOWORK=off GO111MODULE=on
   local module=github.com/prometheus-operator/prometheus-operator t0 dir
   t0=$(date +%s)
-  if ! timeout 600 go mod download -json "$module@$OPERATOR_VERSION" >"$WORK/op.json" 2>"$WORK/op.err"; then
-    die2 "cannot reach the Go module proxy ($(go env GOPROXY)) for $module@$OPERATOR_VERSION: $(grep -m1 -v '^$' "$WORK/op.err" "$WORK/op.json" | cut -c1-300)"
-  fi
-  dir=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Dir"])' "$WORK/op.json")
+  gb_go_env
+  gb_mod_download "$module@$OPERATOR_VERSION" "$WORK/op.json"
+  dir=$(gb_json_field "$WORK/op.json" 'd["Dir"]')
   # The module's own go.mod replaces pkg/apis/monitoring and pkg/client with ./pkg/..., directories that are
   # separate modules and not in its zip: a throw-away main module requires all three at the same version.
   mkdir -p "$WORK/build"
@@ -130,44 +121,46 @@ EOF
   # The same -X stamps as the module's Makefile (GO_BUILD_LDFLAGS): the operator labels what it creates with it.
   local ld="-s -w -X github.com/prometheus/common/version.Version=${OPERATOR_VERSION#v} -X github.com/prometheus/common/version.Branch=$OPERATOR_VERSION -X github.com/prometheus/common/version.BuildUser=awe-tests"
   echo "building prometheus-operator and prometheus-config-reloader $OPERATOR_VERSION (a cold build takes minutes) ..."
-  rm -f "$GO_STAMP"
   (cd "$WORK/build" && cp "$dir/go.sum" go.sum && chmod u+w go.sum \
     && timeout "$GO_TIMEOUT" nice -n 10 go build -trimpath -ldflags="$ld" -o "$BIN/.prometheus-operator.tmp" "$module/cmd/operator" \
     && timeout "$GO_TIMEOUT" nice -n 10 go build -trimpath -ldflags="$ld" -o "$BIN/.prometheus-config-reloader.tmp" "$module/cmd/prometheus-config-reloader") \
-    || die1 "go build of $module/cmd/{operator,prometheus-config-reloader}@$OPERATOR_VERSION failed (or exceeded ${GO_TIMEOUT}s)"
-  mv -f "$BIN/.prometheus-operator.tmp" "$BIN/prometheus-operator"
-  mv -f "$BIN/.prometheus-config-reloader.tmp" "$BIN/prometheus-config-reloader"
+    || gb_die "go build of $module/cmd/{operator,prometheus-config-reloader}@$OPERATOR_VERSION failed (or exceeded ${GO_TIMEOUT}s)"
   # The CRDs of the same module (what kube-prometheus-stack's crds subchart is generated from).
   rm -rf "$CRDS.new" && mkdir -p "$CRDS.new"
   cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$CRDS.new/"
   chmod -R u+w "$CRDS.new"
   echo "$OPERATOR_VERSION" >"$CRDS.new/VERSION"
   rm -rf "$CRDS" && mv "$CRDS.new" "$CRDS"
-  echo "$GO_WANT" >"$GO_STAMP"
-  echo "built prometheus-operator $OPERATOR_VERSION in $(( $(date +%s) - t0 )) s ($(go env GOVERSION)): $("$BIN/prometheus-operator" --version 2>&1 | head -1)"
+  gb_install prometheus-operator "$OPERATOR_WANT"
+  gb_install prometheus-config-reloader "$RELOADER_WANT"
+  echo "built prometheus-operator $OPERATOR_VERSION in $(gb_elapsed "$t0") s ($(go env GOVERSION)): $("$BIN/prometheus-operator" --version 2>&1 | head -1)"
 }
 go_cached || build_go
+if [[ -z ${WORK:-} ]]; then  # gb_go_env made it when Go was needed
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/awe-monitoring-build.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+fi
 
 # ---- 2. the images (private podman) ----
-[[ -x $ROOT/tests/image/build.sh ]] || die2 "tests/image/build.sh (the private podman) is missing"
+[[ -x $ROOT/tests/image/build.sh ]] || gb_die2 "tests/image/build.sh (the private podman) is missing"
 # shellcheck disable=SC1090  # the private podman's environment (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF, ...)
-source <("$ROOT/tests/image/build.sh" --env) || die2 "tests/image/build.sh --env failed"
-command -v podman >/dev/null 2>&1 || die2 "podman not found (apt-get install podman)"
+source <("$ROOT/tests/image/build.sh" --env) || gb_die2 "tests/image/build.sh --env failed"
+command -v podman >/dev/null 2>&1 || gb_die2 "podman not found (apt-get install podman)"
 
 build_rootfs() {
-  command -v mmdebstrap >/dev/null 2>&1 || die2 "mmdebstrap not found (apt-get install mmdebstrap)"
+  command -v mmdebstrap >/dev/null 2>&1 || gb_die2 "mmdebstrap not found (apt-get install mmdebstrap)"
   local mirror=${AWE_DEBIAN_MIRROR:-} t0
   t0=$(date +%s)
   if [[ -z $mirror ]]; then  # the mirror apt uses here, e.g. http://deb.debian.org/debian
     mirror=$(apt-cache policy 2>/dev/null | sed -nE "s#^ +[0-9]+ (https?://[^ ]+) $SUITE/main .*#\1#p" | head -1)
   fi
-  [[ -n $mirror ]] || die2 "no Debian mirror for $SUITE found in apt's configuration; set AWE_DEBIAN_MIRROR"
+  [[ -n $mirror ]] || gb_die2 "no Debian mirror for $SUITE found in apt's configuration; set AWE_DEBIAN_MIRROR"
   echo "making the Debian $SUITE rootfs with prometheus $PROMETHEUS_DEB_VERSION and prometheus-alertmanager $ALERTMANAGER_DEB_VERSION ($mirror) ..."
   rm -f "$ROOTFS_STAMP"
   # minbase + the two packages as dpkg installs them (their dependencies included); no recommends (node-exporter).
   timeout "$IMAGE_TIMEOUT" nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root --aptopt='APT::Install-Recommends "false"' \
     --include="prometheus=$PROMETHEUS_DEB_VERSION*,prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION*,python3" \
-    "$SUITE" "$ROOTFS.tmp" "$mirror" || die1 "mmdebstrap failed"
+    "$SUITE" "$ROOTFS.tmp" "$mirror" || gb_die "mmdebstrap failed"
   mv -f "$ROOTFS.tmp" "$ROOTFS"
   echo "$ROOTFS_WANT" >"$ROOTFS_STAMP"
   echo "made the rootfs in $(( $(date +%s) - t0 )) s ($(du -h "$ROOTFS" | cut -f1))"
@@ -177,7 +170,7 @@ stamp_is "$ROOTFS_STAMP" "$ROOTFS_WANT" && [[ -f $ROOTFS ]] || build_rootfs
 build_images() {
   local t0 ctx=$WORK/ctx base=localhost/debian-monitoring-base:$SUITE
   t0=$(date +%s)
-  podman import --quiet "$ROOTFS" "$base" >/dev/null || die1 "podman import $ROOTFS failed"
+  podman import --quiet "$ROOTFS" "$base" >/dev/null || gb_die "podman import $ROOTFS failed"
   mkdir -p "$ctx"
   cp "$BIN/prometheus-operator" "$BIN/prometheus-config-reloader" "$ctx/"
   # Static Go binaries: nothing but the binary, as the upstream images (distroless/busybox) are in effect.
@@ -194,18 +187,18 @@ build_images() {
               "$ALERTMANAGER_IMAGE=alertmanager" "$PYTHON_IMAGE=python"; do
     name=${pair%=*}; file=$ctx/Containerfile.${pair#*=}
     timeout "$IMAGE_TIMEOUT" podman build --quiet --network none -f "$file" -t "$name" "$ctx" >/dev/null \
-      || die1 "podman build of $name failed"
+      || gb_die "podman build of $name failed"
   done
   rm -f "$ARCHIVE_STAMP" "$ARCHIVE.tmp"
   timeout "$IMAGE_TIMEOUT" podman save --quiet --multi-image-archive --format docker-archive -o "$ARCHIVE.tmp" \
     "$OPERATOR_IMAGE" "$RELOADER_IMAGE" "$PROMETHEUS_IMAGE" "$ALERTMANAGER_IMAGE" "$PYTHON_IMAGE" \
-    || die1 "podman save failed"
+    || gb_die "podman save failed"
   mv -f "$ARCHIVE.tmp" "$ARCHIVE"
   write_env
   echo "$ARCHIVE_WANT" >"$ARCHIVE_STAMP"
   echo "built the monitoring images in $(( $(date +%s) - t0 )) s: $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
 }
 build_images
-echo "monitoring ready after $(( $(date +%s) - T0 )) s"
+echo "monitoring ready after $(gb_elapsed) s"
 exit 0
 }
