@@ -158,10 +158,16 @@ build_rootfs() {
   echo "making the Debian $SUITE rootfs with prometheus $PROMETHEUS_DEB_VERSION and prometheus-alertmanager $ALERTMANAGER_DEB_VERSION ($mirror) ..."
   rm -f "$ROOTFS_STAMP"
   # minbase + the two packages as dpkg installs them (their dependencies included); no recommends (node-exporter).
-  timeout "$IMAGE_TIMEOUT" nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root --aptopt='APT::Install-Recommends "false"' \
+  # Documentation, manual pages and translations are left out (dpkg path-exclude): nothing here reads them.
+  local tmp=$IMAGES/.debian-monitoring.rootfs.new.tar  # mmdebstrap picks its output format by the extension
+  rm -rf "$tmp"
+  timeout "$IMAGE_TIMEOUT" nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
+    --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
     --include="prometheus=$PROMETHEUS_DEB_VERSION*,prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION*,python3" \
-    "$SUITE" "$ROOTFS.tmp" "$mirror" || gb_die "mmdebstrap failed"
-  mv -f "$ROOTFS.tmp" "$ROOTFS"
+    "$SUITE" "$tmp" "$mirror" || gb_die "mmdebstrap failed"
+  mv -f "$tmp" "$ROOTFS"
   echo "$ROOTFS_WANT" >"$ROOTFS_STAMP"
   echo "made the rootfs in $(( $(date +%s) - t0 )) s ($(du -h "$ROOTFS" | cut -f1))"
 }

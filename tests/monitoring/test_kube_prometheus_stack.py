@@ -33,12 +33,12 @@ from tests.monitoring.build import MonitoringBuild
 from tests.monitoring.fixtures import CHART, Helm, helm_bin, monitoring_build
 from tests.monitoring.kps import NAMESPACE, RELEASE, Stack, eventually, render
 from tests.monitoring.receiver import Receiver
+from tests.node import chart as node_chart
+from tests.node import workloads
 
 __all__ = ["helm_bin", "monitoring_build"]
 
-node_fixtures = pytest.importorskip("tests.node.fixtures", reason="the node layer (tests/node) is not here yet")
-node_cluster = node_fixtures.node_cluster
-node_image = node_fixtures.node_image
+pytestmark = [pytest.mark.node, pytest.mark.controlplane, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 EXPORTER_RELEASE = "admission-webhook-exporter"  # the README's `helm install admission-webhook-exporter ...`
@@ -77,8 +77,8 @@ def env(node_cluster: Any, node_image: Any, monitoring_build: MonitoringBuild, h
     helm = Helm(helm_bin, node.kubeconfig_path)
     try:
         stack.install_crds()
-        stack.ensure_namespace()
-        stack.ensure_namespace(HOOKS_NS)
+        for ns in (NAMESPACE, HOOKS_NS):
+            node_chart.create_namespace(node, ns, {})
         receiver = Receiver(stack, monitoring_build.receiver_image).start()
         stack.publish_apiserver_endpoints(APISERVER_ADDRESS, APISERVER_PORT)
         for obj in render(monitoring_build, receiver.url):
@@ -91,8 +91,9 @@ def env(node_cluster: Any, node_image: Any, monitoring_build: MonitoringBuild, h
         helm.uninstall(EXPORTER_RELEASE)
         helm.close()
         stack.close()
-        with contextlib.suppress(Exception):
-            node.kubectl("delete", "namespace", HOOKS_NS, "--wait=false", check=False)
+        for ns in (HOOKS_NS, NAMESPACE):  # the cluster as the other suites expect to find it
+            with contextlib.suppress(Exception):
+                node_chart.delete_namespace(node, ns)
         api.close()
 
 
@@ -119,8 +120,6 @@ def firing(prom: PrometheusApi, alertname: str, **labels: str) -> list[dict[str,
 # ---------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_load(env: Env) -> None:
     t0 = time.monotonic()
@@ -161,7 +160,6 @@ def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_lo
 # ---------------------------------------------------------------------------------------------- a webhook
 
 
-workloads = pytest.importorskip("tests.node.workloads", reason="the node layer (tests/node) is not here yet")
 GUARD = "awe-mon-guard"  # the backend Deployment/Service
 GUARD_WEBHOOK = "guard.awe-mon.example.com"
 GUARD_CONFIG = "awe-mon-guard"
@@ -239,8 +237,6 @@ def about(alert: dict[str, Any], alertname: str, **labels: str) -> bool:
     return alert["labels"].get("alertname") == alertname and all(alert["labels"].get(k) == v for k, v in labels.items())
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_2_a_fail_webhook_without_endpoints_pages_through_alertmanager_and_resolves(env: Env, guard: Guard) -> None:
     # `for:` and a threshold, through the chart's values only (prometheusRule.config): the committed rules wait
@@ -287,11 +283,9 @@ WRONG_NS = "awe-mon-wrong"
 WRONG_RELEASE = "awe-wrong"
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_3_a_wrong_release_label_never_becomes_a_target_and_notes_say_how_to_fix(env: Env) -> None:
-    env.stack.ensure_namespace(WRONG_NS)
+    node_chart.create_namespace(env.node, WRONG_NS, {})
     try:
         installed = env.helm.install(WRONG_RELEASE, "serviceMonitor.additionalLabels.release=prometheus",
                                      namespace=WRONG_NS, wait=True).check()
@@ -322,6 +316,7 @@ def test_3_a_wrong_release_label_never_becomes_a_target_and_notes_say_how_to_fix
         env.stack.delete({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                           "metadata": {"name": "awe-sentinel", "namespace": WRONG_NS}})
         env.helm.uninstall(WRONG_RELEASE, namespace=WRONG_NS)
+        node_chart.delete_namespace(env.node, WRONG_NS)
 
 
 def refusing_port() -> socket.socket:
@@ -346,8 +341,6 @@ def create_configmaps(env: Env, count: int, pause_s: float) -> list[str]:
     return errors
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_4_the_apiserver_scraped_as_kube_prometheus_stack_does_and_calls_failing_pages(env: Env,
                                                                                     guard: Guard) -> None:
@@ -395,8 +388,6 @@ def test_4_the_apiserver_scraped_as_kube_prometheus_stack_does_and_calls_failing
         closed.close()
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_dashboards_queries_work_on_the_operators_prometheus(env: Env, guard: Guard,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -443,8 +434,6 @@ UPGRADE_NS = "awe-mon-upgrade"
 UPGRADE_RELEASE = "awe-upgrade"
 
 
-@pytest.mark.controlplane
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env: Env, guard: Guard,
                                                                             tmp_path: Path) -> None:
@@ -468,7 +457,7 @@ def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env
 
     # helm upgrade from the chart's previous version: same targets, no rule lost.
     ref, old_chart = previous_chart(tmp_path)
-    env.stack.ensure_namespace(UPGRADE_NS)
+    node_chart.create_namespace(env.node, UPGRADE_NS, {})
     try:
         env.helm.install(UPGRADE_RELEASE, f"serviceMonitor.additionalLabels.release={RELEASE}",
                          namespace=UPGRADE_NS, chart=old_chart, wait=True).check()
@@ -489,3 +478,4 @@ def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env
         print(f"upgrade from {ref}: targets {sorted(after[0])}, rules {len(before[1])} -> {len(after[1])}")
     finally:
         env.helm.uninstall(UPGRADE_RELEASE, namespace=UPGRADE_NS)
+        node_chart.delete_namespace(env.node, UPGRADE_NS)
