@@ -46,7 +46,7 @@ OPERATOR_WANT="prometheus-operator=$OPERATOR_VERSION"
 RELOADER_WANT="prometheus-config-reloader=$OPERATOR_VERSION"
 ROOTFS=$IMAGES/debian-monitoring.rootfs.tar
 ROOTFS_STAMP=$ROOTFS.stamp
-ROOTFS_WANT="$SUITE minbase prometheus=$PROMETHEUS_DEB_VERSION prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION python3"
+ROOTFS_WANT="$SUITE minbase prometheus=$PROMETHEUS_DEB_VERSION prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION python3 (no doc, man, locale, moment-timezone data)"
 ARCHIVE=$IMAGES/monitoring.tar
 ARCHIVE_STAMP=$ARCHIVE.stamp
 ENV_FILE=$IMAGES/monitoring.env
@@ -158,13 +158,14 @@ build_rootfs() {
   echo "making the Debian $SUITE rootfs with prometheus $PROMETHEUS_DEB_VERSION and prometheus-alertmanager $ALERTMANAGER_DEB_VERSION ($mirror) ..."
   rm -f "$ROOTFS_STAMP"
   # minbase + the two packages as dpkg installs them (their dependencies included); no recommends (node-exporter).
-  # Documentation, manual pages and translations are left out (dpkg path-exclude): nothing here reads them.
+  # Documentation, manual pages, translations and the timezone data of the web UI's moment-timezone (220 MB of
+  # JSON) are left out (dpkg path-exclude): the tests use Prometheus' HTTP API, never its web UI.
   local tmp=$IMAGES/.debian-monitoring.rootfs.new.tar  # mmdebstrap picks its output format by the extension
   rm -rf "$tmp"
   timeout "$IMAGE_TIMEOUT" nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/javascript/moment-timezone/data/*' \
     --include="prometheus=$PROMETHEUS_DEB_VERSION*,prometheus-alertmanager=$ALERTMANAGER_DEB_VERSION*,python3" \
     "$SUITE" "$tmp" "$mirror" || gb_die "mmdebstrap failed"
   mv -f "$tmp" "$ROOTFS"

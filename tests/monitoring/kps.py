@@ -50,6 +50,16 @@ CRD_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
+class _CrdLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``=`` as the string it is in the CRDs' enums (relabel action ``=``), not YAML 1.1's
+    ``value`` tag, which PyYAML cannot construct."""
+
+
+_CrdLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:value"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 class StackError(RuntimeError):
     """Something of the stack did not become ready in time; the message says what it saw last."""
 
@@ -136,7 +146,7 @@ class Stack:
         """Every CRD of the operator's module, applied server-side and waited for ``Established``."""
         names = []
         for path in self.build.crd_files():
-            crd = yaml.safe_load(path.read_text())
+            crd = yaml.load(path.read_text(), Loader=_CrdLoader)
             self.apply(crd)
             names.append(crd["metadata"]["name"])
         # Deleted after everything else (uninstall goes newest first): put them at the front.
