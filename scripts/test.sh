@@ -14,7 +14,7 @@ step "python environment ($VENV)"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 for installer in tests/controlplane/install.sh tests/helm/install.sh tests/node/install-packages.sh \
-                 tests/image/build.sh alerts/install-promtool.sh tests/monitoring/install.sh; do
+                 alerts/install-promtool.sh tests/image/build.sh tests/monitoring/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 

@@ -37,6 +37,10 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${AWE_CACHE:-$HOME/.cache/admission-webhook-exporter}
 IMAGES=$CACHE/images
 PODMAN_HOME=$CACHE/containers
+# podman's run root and tmp dir (locks, attach sockets, exit files) live on a SHORT path: with the run root under
+# a long cache path, every attached `podman run` waited 20 s for its container to exit ("Exceeded conmon timeout
+# waiting for container ... to exit"), and `podman --runroot` refuses paths over 50 characters outright.
+PODMAN_RUN=/run/awe-podman-$(printf %s "$PODMAN_HOME" | sha256sum | cut -c1-8)
 TIMEOUT=${AWE_IMAGE_TIMEOUT:-1800}
 SUITE=bookworm
 BASE_IMAGE=localhost/awe-python:3.11-$SUITE
@@ -56,7 +60,7 @@ IMAGE=$repository:$app_version
 
 # ---- the private podman's configuration (written every run: cheap, and a changed script takes effect) ----
 private_podman_env() {
-  mkdir -p "$PODMAN_HOME"/{storage,run,tmp,net}
+  mkdir -p "$PODMAN_HOME"/{storage,net} "$PODMAN_RUN"/{run,tmp}
   cat >"$PODMAN_HOME/containers.conf.new" <<EOF
 # Written by tests/image/build.sh: the project's private podman (never /etc/containers).
 [containers]
@@ -68,7 +72,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "$PODMAN_HOME/events.log"
-tmp_dir = "$PODMAN_HOME/tmp"
+tmp_dir = "$PODMAN_RUN/tmp"
 [network]
 network_config_dir = "$PODMAN_HOME/net"
 EOF
@@ -77,7 +81,7 @@ EOF
 [storage]
 driver = "overlay"
 graphroot = "$PODMAN_HOME/storage"
-runroot = "$PODMAN_HOME/run"
+runroot = "$PODMAN_RUN/run"
 EOF
   cat >"$PODMAN_HOME/registries.conf.new" <<EOF
 # Written by tests/image/build.sh: no registry is reachable here; short names never resolve to one.
@@ -162,6 +166,13 @@ fi
 private_podman_env
 eval "$(env_lines)"
 podman() { timeout "$TIMEOUT" /usr/bin/podman "$@"; }
+# podman's state database remembers the run root and tmp dir it was made with, and prefers them to the
+# configuration: a store made by an older version of this script keeps its long paths. That database holds
+# containers only, never images: start it over when its paths are not ours.
+if [[ "$(podman info --format '{{.Store.RunRoot}}' 2>/dev/null)" != "$PODMAN_RUN/run" ]]; then
+  echo "resetting the private podman's state database (run root: $PODMAN_RUN/run)"
+  rm -f "$PODMAN_HOME/storage/libpod/bolt_state.db"
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/awe-image-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 t_all=$(date +%s)

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
+
+from tests.image.podman import build_images
 
 from . import chart
 from .fixtures import TIMINGS
+from .harness import NodeCluster
 
 
 @pytest.fixture(scope="session")
-def exporter_image(node_image: Callable[[str], list[str]]) -> str:
-    """The project's image (tests/image/build.sh), loaded into the node: the chart's default image."""
-    image = chart.chart_image()
-    names = node_image("admission-webhook-exporter")
-    assert image in names, f"tests/image/build.sh's archive holds {names}, the chart runs {image}"
-    return image
+def exporter_image(node_cluster: NodeCluster) -> str:
+    """The project's image, built from the current sources by tests/image/build.sh (a hash of the sources
+    when nothing changed) and loaded into the node: it is the chart's default image."""
+    built = build_images()
+    names = node_cluster.load_image(built.archive)
+    assert built.image == chart.chart_image() and built.image in names, (built.image, names, chart.chart_image())
+    return built.image
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/node/test_host.py starts nodes of its own, and the machine holds one at a time: it runs before
+    any test that starts the session's shared node (tests/monitoring/ included)."""
+    first = [i for i in items if i.nodeid.startswith("tests/node/test_host.py")]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -39,6 +39,11 @@ _loaded: dict[str, list[str]] = {}
 TIMINGS: list[dict[str, float]] = []
 
 
+def shared_node() -> NodeCluster | None:
+    """The session's node if it has started (tests/node/test_host.py must run before)."""
+    return _shared
+
+
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[NodeCluster]:
     """The session's running node (``kubectl()``, ``load_image()``, ``service_get()``, ``cp``, ...)."""

@@ -19,7 +19,7 @@ The network, and why it cannot leak:
 * Pods sit on our bridge (``BRIDGE``, ``POD_CIDR``, gateway ``.1`` on the host). The CNI config gives them
   two routes only: the pod range itself and the ``kubernetes`` ClusterIP (10.0.0.1) via the gateway. There
   is no default route in a Pod, so a dial to anything else fails inside it with "network is unreachable".
-  Nothing is masqueraded and ip_forward is not touched.
+  Nothing is masqueraded and ip_forward is not touched. A Pod's nameserver is its own loopback.
 * Pods reach the apiserver (in-cluster config, 10.0.0.1:443) through ``apiserver_forward.py``: a policy
   rule delivers packets from our bridge for 10.0.0.1 to the host, where the forwarder (bound with
   IP_TRANSPARENT) passes them to 127.0.0.1. The host's own routing is unchanged.
@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -439,6 +440,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             str(self.binaries.kube_controller_manager), f"--kubeconfig={cp.kubeconfig_for(KCM_USER)}",
             "--leader-elect=false", "--controllers=*", "--use-service-account-credentials=true",
             f"--root-ca-file={cp.ca_path}", "--allocate-node-cidrs=false",
+            f"--flex-volume-plugin-dir={d / 'kcm-volume-plugins'}",  # else it makes /usr/libexec/kubernetes
             "--bind-address=127.0.0.1", f"--secure-port={kcm_port}", f"--cert-dir={d / 'kcm-certs'}", "--v=1"])
         self._spawn("kube-scheduler", [
             str(self.binaries.kube_scheduler), f"--kubeconfig={cp.kubeconfig_for(SCHEDULER_USER)}",
@@ -462,7 +464,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True}},
             "authorization": {"mode": "Webhook"},
             "podLogsDir": str(d / "pod-logs"), "volumePluginDir": str(d / "volume-plugins"),
-            "resolvConf": str(d / "resolv.conf"),  # empty: Pods get no nameserver to ask
+            "resolvConf": str(d / "resolv.conf"),
             "makeIPTablesUtilChains": False,  # no KUBE-* iptables chains on the machine
             "serializeImagePulls": False, "maxPods": 50,
             # The machine is shared: evict only when really short, and never garbage-collect loaded images.
@@ -474,7 +476,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def _start_kubelet(self) -> None:
         cp, d = self._cp(), self._dir()
-        (d / "resolv.conf").write_text("")
+        # A Pod's DNS server is its own loopback, where nothing listens: a lookup fails at once inside the Pod.
+        # (An empty file would not do: containerd then copies the host's resolv.conf into the sandbox.)
+        (d / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         port, healthz = free_port(GATEWAY), free_port()
         (d / "kubelet.yaml").write_text(json.dumps(self._kubelet_config(port, healthz), indent=1))
         hoststate.make_cgroup_root(CGROUP_ROOT)
@@ -559,15 +563,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             for ns in json.loads(body).get("items", []) if status == 200 else []:
                 cp.request(f"/api/v1/namespaces/{ns['metadata']['name']}/pods?gracePeriodSeconds=0", method="DELETE")
         with contextlib.suppress(NodeError):
-            eventually(lambda: not self.ctr("tasks", "list", "--quiet", check=False).stdout.strip(),
-                       timeout_s=timeout_s, what="every Pod's containers stopped by the kubelet")
+            eventually(lambda: not self.running_tasks(), timeout_s=timeout_s,
+                       what="every Pod's containers stopped by the kubelet")
+
+    def running_tasks(self) -> list[str]:
+        """containerd tasks still running (a stopped one waits for the kubelet's garbage collection)."""
+        lines = self.ctr("tasks", "list", check=False).stdout.splitlines()[1:]
+        return [line.split()[0] for line in lines if line.split()[-1:] == ["RUNNING"]]
 
     def _remove_containers(self) -> None:
         for tid in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
             self.ctr("tasks", "kill", "--signal", "SIGKILL", tid, check=False)
         with contextlib.suppress(NodeError):
-            eventually(lambda: not self.ctr("tasks", "list", "--quiet", check=False).stdout.strip(), timeout_s=10,
-                       what="tasks killed", every_s=0.2)
+            eventually(lambda: not self.running_tasks(), timeout_s=10, what="tasks killed", every_s=0.2)
         for tid in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
             self.ctr("tasks", "delete", "--force", tid, check=False)
         for cid in self.ctr("containers", "list", "--quiet", check=False).stdout.split():
@@ -631,3 +639,45 @@ def _healthz(url: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
     with opener.open(url, timeout=2) as r:
         return bool(r.status == 200)
+
+
+def pause_pod(name: str, namespace: str = "default") -> dict[str, Any]:
+    """A Pod that only runs the sandbox image's pause process: something real for the kubelet to run, with
+    nothing to load but the pause image."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
+                     "containers": [{"name": "pause", "image": SANDBOX_IMAGE, "imagePullPolicy": "Never"}]}}
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.node.harness up [--image ARCHIVE]... [--pause-pod]``: start a node, print one JSON
+    line (kubeconfig, run dir, pod range), and keep it until SIGTERM/SIGINT; then stop it and print the
+    teardown notes. For people, and for the test that kills a node mid-run."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="python -m tests.node.harness")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a node and keep it until SIGTERM/SIGINT")
+    up.add_argument("--image", type=Path, action="append", default=[], help="docker-archive to load (repeatable)")
+    up.add_argument("--pause-pod", action="store_true", help="run a pause Pod in default and wait for it")
+    a = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node = NodeCluster(images=a.image).start()
+    try:
+        if a.pause_pod:
+            node.kubectl("apply", "-f", "-", input=json.dumps(pause_pod("pause")))
+            node.kubectl("wait", "--for=condition=Ready", "pod/pause", "--timeout=120s")
+        print(json.dumps({"event": "ready", "kubeconfig": str(node.kubeconfig_path), "run_dir": str(node.run_dir),
+                          "pod_cidr": str(POD_CIDR), "timings": node.timings}), flush=True)
+        stop.wait()
+    finally:
+        node.stop()
+        print(json.dumps({"event": "stopped", "notes": node.teardown_notes, "timings": node.timings}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,14 +36,21 @@ CNI_RESULTS = Path("/var/lib/cni/results")
 SHIM_SOCKETS = Path("/run/containerd/s")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 #: machine-wide directories a kubelet or containerd makes unless told otherwise; the ones that did not exist
-#: before the node started are removed afterwards (only when empty once our entries are gone)
+#: before the node started are removed afterwards (only when empty once our entries are gone) ...
 MACHINE_DIRS = ("/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/var/lib/cni", "/var/lib/containerd",
                 "/run/containerd", "/opt/containerd", "/opt/cni", "/etc/kubernetes", "/var/run/kubernetes",
                 "/usr/libexec/kubernetes")
-#: what the kubelet sets at start (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables), plus
-#: ip_forward, which a CNI bridge in gateway mode would set (ours is not, but a changed value is put back)
-SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
-           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward")
+#: ... except the kubelet's own, which are removed whole when they appeared while the node ran: one kubelet
+#: runs on the machine at a time (the lock), and some paths are fixed whatever its --root-dir (its device
+#: plugin socket is always /var/lib/kubelet/device-plugins/kubelet.sock)
+KUBELET_DIRS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/usr/libexec/kubernetes")
+#: what the kubelet sets at start, and to what (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables).
+#: Our CNI bridge is not in gateway mode, so net.ipv4.ip_forward is not ours to touch (another program's
+#: podman network may set it while we run).
+KUBELET_SYSCTLS = {"vm.overcommit_memory": "1", "vm.panic_on_oom": "0", "kernel.panic": "10",
+                   "kernel.panic_on_oops": "1", "kernel.keys.root_maxkeys": "1000000",
+                   "kernel.keys.root_maxbytes": "25000000"}
+SYSCTLS = tuple(KUBELET_SYSCTLS)
 
 
 class HostError(RuntimeError):
@@ -69,7 +77,6 @@ class HostState:
     cni_network: str
     containerd_socket: str
     sysctls: dict[str, str] = field(default_factory=dict)
-    netns_before: list[str] = field(default_factory=list)
     shim_sockets_before: list[str] = field(default_factory=list)
     dirs_before: list[str] = field(default_factory=list)
 
@@ -144,7 +151,6 @@ def write_sysctl(name: str, value: str) -> None:
 def record(state: HostState) -> None:
     """Fill in the values :func:`undo` restores or compares against, then save the state."""
     state.sysctls = {n: read_sysctl(n) for n in SYSCTLS}
-    state.netns_before = sorted(p.name for p in NETNS_DIR.glob("*")) if NETNS_DIR.is_dir() else []
     state.shim_sockets_before = sorted(p.name for p in SHIM_SOCKETS.glob("*")) if SHIM_SOCKETS.is_dir() else []
     state.dirs_before = [d for d in MACHINE_DIRS if os.path.lexists(d)]
     state.save()
@@ -193,15 +199,13 @@ def _netns_addresses(name: str) -> list[ipaddress.IPv4Address]:
 
 
 def _remove_pod_netns(state: HostState, notes: list[str]) -> None:
-    """CRI's pod namespaces (``/run/netns/cni-*``): ours hold an address of our pod range, or appeared while
-    we ran and hold no address but loopback (a sandbox whose network setup failed)."""
+    """CRI's pod namespaces (``/run/netns/cni-*``) that hold an address of our pod range. (One whose network
+    setup failed holds none; containerd removes those itself. Another program's namespaces are never touched.)"""
     if not NETNS_DIR.is_dir():
         return
     pods = ipaddress.IPv4Network(state.pod_cidr)
     for p in sorted(NETNS_DIR.glob("cni-*")):
-        addrs = _netns_addresses(p.name)
-        new_and_empty = p.name not in state.netns_before and all(a.is_loopback for a in addrs)
-        if any(a in pods for a in addrs) or new_and_empty:
+        if any(a in pods for a in _netns_addresses(p.name)):
             for pid in run("ip", "netns", "pids", p.name, check=False).stdout.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
@@ -362,6 +366,8 @@ def _remove_new_dirs(state: HostState, notes: list[str]) -> None:
     them. Deepest first, never recursively: another program's files there are not ours to delete."""
     for d in sorted(set(MACHINE_DIRS) - set(state.dirs_before), key=len, reverse=True):
         p = Path(d)
+        if d in KUBELET_DIRS and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
         if p.is_dir() and not p.is_symlink():
             for sub in sorted((s for s in p.rglob("*") if s.is_dir()), key=lambda s: len(s.parts), reverse=True):
                 with contextlib.suppress(OSError):
@@ -379,9 +385,12 @@ def leaked_dirs(state: HostState) -> list[str]:
 
 
 def _restore_sysctls(state: HostState, notes: list[str]) -> None:
+    """Back to the recorded value where the kubelet changed it, and only while it still holds the kubelet's
+    value: a later change by someone else is theirs."""
     for name, value in state.sysctls.items():
         try:
-            if read_sysctl(name) != value:
+            current = read_sysctl(name)
+            if current != value and current == KUBELET_SYSCTLS.get(name):
                 write_sysctl(name, value)
                 notes.append(f"sysctl {name}={value}")
         except OSError as e:
