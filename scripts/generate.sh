@@ -3,7 +3,8 @@
 # straight where they are consumed (docs/generation.md):
 #
 #   1. alerts/render.py        alerts/src/*.yaml + alerts/config.yaml -> alerts/rules/*.yaml, the chart's
-#                              files/rules/*.yaml and its prometheusRule.config defaults in values.yaml
+#                              files/rules/*.yaml, its prometheusRule.config defaults in values.yaml and
+#                              files/rule-defaults.yaml
 #   2. dashboards/build.py     -> the chart's files/dashboards/*.json, docs/dashboards.md
 #   3. deploy/render.sh        the chart (after 1 and 2) -> deploy/manifests/ (needs helm)
 #

@@ -155,7 +155,6 @@ def test_a_setting_changes_exactly_the_fields_that_use_it(helm: Path, tmp_path: 
     ("prometheusRule.config.clusterLabel=", "prometheusRule.config.clusterLabel must not be empty"),
     ("prometheusRule.config.endpointFor=1m", "prometheusRule.config.endpointFor: no rule uses such a setting; the "
                                              "settings are apiserverFor, apiserverRateWindow"),
-    ("prometheusRule.config.auditFor=null", "prometheusRule.config.auditFor is not set"),
     ("prometheusRule.config.latencyFor=true", "prometheusRule.config.latencyFor: expected a string or a number"),
 ])
 def test_a_bad_setting_fails_the_render_with_a_message(helm: Path, setting: str, message: str) -> None:
@@ -163,13 +162,21 @@ def test_a_bad_setting_fails_the_render_with_a_message(helm: Path, setting: str,
     assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
+def test_settings_the_values_lack_take_their_defaults(helm: Path) -> None:
+    """`helm upgrade --reuse-values` from chart 0.1.0 renders with that release's values, which have no
+    prometheusRule.config (and none of this chart's values.yaml): the rules must still be alerts/rules/."""
+    assert groups_of(template(helm, "prometheusRule.config=null")) == alert_rule_groups()
+    # A value that is given wins even where it is "empty" to Go (0): only a missing one takes the default.
+    zero = groups_of(template(helm, "prometheusRule.config.certWarningDays=0"))
+    assert any("tls_certificate_expiry_seconds:min < 0 * 86400" in r["expr"] for g in zero for r in g["rules"])
+
+
 def test_a_bad_setting_fails_only_where_the_rule_is_rendered(helm: Path) -> None:
     """Without the PrometheusRule (disabled, or no operator API) its settings are not looked at."""
-    for extra, apis in ((("prometheusRule.enabled=false",), None), ((), ())):
-        argv = template_argv(helm, "prometheusRule.config.endpointsFor=soon", *extra,
-                             **({} if apis is None else {"api_versions": apis}))
-        done = run(argv)
-        assert done.returncode == 0, done.stderr
+    disabled = run(template_argv(helm, "prometheusRule.config.endpointsFor=soon", "prometheusRule.enabled=false"))
+    assert disabled.returncode == 0, disabled.stderr
+    no_operator = run(template_argv(helm, "prometheusRule.config.endpointsFor=soon", api_versions=()))
+    assert no_operator.returncode == 0, no_operator.stderr
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -64,8 +64,8 @@ def test_a_changed_threshold_reaches_every_consumer_and_nothing_else(helm: Path,
 
     stale = run([root / GENERATE, "--check"], cwd=root, **env)
     assert stale.returncode == 1, stale.stdout + stale.stderr
-    for name in ("alerts/rules/certificates.yaml", "values.yaml", "admission-webhooks-overview.json",
-                 "deploy/manifests/ is out of date"):
+    # (deploy/manifests is checked against the chart as committed, whose values.yaml is the stale part here)
+    for name in ("alerts/rules/certificates.yaml", "values.yaml", "admission-webhooks-overview.json"):
         assert name in stale.stderr, stale.stderr
     assert _changed(REPO / "alerts", root / "alerts") == {"config.yaml"}, "--check wrote something"
 
@@ -76,6 +76,7 @@ def test_a_changed_threshold_reaches_every_consumer_and_nothing_else(helm: Path,
         "alerts/config.yaml",
         "alerts/rules/certificates.yaml",
         f"{chart}values.yaml",
+        f"{chart}files/rule-defaults.yaml",
         f"{chart}files/dashboards/admission-webhooks-overview.json",
         f"{chart}files/dashboards/admission-webhook-detail.json",
         "deploy/manifests/prometheusrule.yaml",

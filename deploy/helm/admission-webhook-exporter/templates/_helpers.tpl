@@ -93,7 +93,13 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- if not $files }}
 {{- fail "files/rules/ holds no rule file: run alerts/render.py (scripts/generate.sh)" }}
 {{- end }}
-{{- $config := .Values.prometheusRule.config | default dict }}
+{{- /* A setting the values lack takes its default from files/rule-defaults.yaml (alerts/render.py writes it):
+`helm upgrade --reuse-values` from a chart version without the setting brings no values.yaml default for it. */}}
+{{- /* Not sprig's merge: it would also replace a value set to "" or 0, which must be judged as given. */}}
+{{- $config := deepCopy (.Files.Get "files/rule-defaults.yaml" | fromYaml) }}
+{{- range $key, $value := (.Values.prometheusRule.config | default dict) }}
+{{- $_ := set $config $key $value }}
+{{- end }}
 {{- $known := list }}
 {{- range $path, $_ := $files }}
 {{- range regexFindAll "\\$\\{[A-Za-z0-9]+\\}" ($.Files.Get $path) -1 }}
@@ -103,7 +109,7 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- $known = $known | uniq | sortAlpha }}
 {{- range $key := $known }}
 {{- if not (hasKey $config $key) }}
-{{- fail (printf "prometheusRule.config.%s is not set: the rules need it (its default is in values.yaml)" $key) }}
+{{- fail (printf "prometheusRule.config.%s is not set and files/rule-defaults.yaml has no default: run alerts/render.py (scripts/generate.sh)" $key) }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := $config }}
@@ -138,4 +144,37 @@ read as data, never as templates, so Prometheus' {{ $labels.x }} stays as it is.
 {{- $groups = concat $groups $doc.groups }}
 {{- end }}
 {{- toYaml (dict "groups" $groups) }}
+{{- end }}
+
+{{/*
+NOTES.txt: one line saying whether a Prometheus resource selects our ServiceMonitor or PrometheusRule, from its
+selector's matchLabels and its namespace selector (unset: its own namespace only; {}: every namespace), and the
+`--set` that fixes a mismatch. Called with a dict: prometheus, kind, selectorField, namespaceSelectorField,
+labels (the object's labels), namespace (ours), setPrefix (the value the labels come from).
+*/}}
+{{- define "awe.notes.selects" -}}
+{{- $p := .prometheus }}
+{{- $name := printf "%s/%s" $p.metadata.namespace $p.metadata.name }}
+{{- $spec := $p.spec | default dict }}
+{{- $selector := get $spec .selectorField }}
+{{- $fixes := list }}
+{{- if not $selector }}
+  {{ $name }} selects no {{ .kind }} (its {{ .selectorField }} is not set).
+{{- else if $selector.matchExpressions }}
+  {{ $name }}: its {{ .selectorField }} has matchExpressions; compare them with the labels above.
+{{- else }}
+{{- range $k, $v := ($selector.matchLabels | default dict) }}
+{{- if ne (toString (get $.labels $k)) (toString $v) }}
+{{- $fixes = append $fixes (printf "%s.%s=%s" $.setPrefix (replace "." "\\." $k) (toString $v)) }}
+{{- end }}
+{{- end }}
+{{- if $fixes }}
+  MISMATCH: {{ $name }} selects {{ .kind }}s labelled {{ range $k, $v := $selector.matchLabels }}{{ $k }}={{ $v }} {{ end }}and this one is not: add --set {{ join "," $fixes }}
+{{- else }}
+  {{ $name }} selects this {{ .kind }} by its labels.
+{{- end }}
+{{- end }}
+{{- if and $selector (not (hasKey $spec .namespaceSelectorField)) (ne $p.metadata.namespace .namespace) }}
+  MISMATCH: {{ $name }} has no {{ .namespaceSelectorField }}, so it looks in {{ $p.metadata.namespace }} only, and this {{ .kind }} is in {{ .namespace }}.
+{{- end }}
 {{- end }}
