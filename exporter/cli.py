@@ -29,7 +29,8 @@ from .explain import explain, probe_verdicts
 from .explain import to_json as explain_json
 from .explain import to_text as explain_text
 from .inventory import build_inventory
-from .kubeapi import KubeApi, load_credentials
+from .kubeapi import KubeApi
+from .kubeconfig import Credentials, KubeconfigError, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
@@ -140,20 +141,39 @@ def _report_invalid(inventory: Inventory) -> None:
               file=sys.stderr)
 
 
-def _discovery(args: argparse.Namespace, adopt: Callable[[Inventory], None]) -> Discovery:
-    return Discovery(KubeApi(load_credentials(args.kubeconfig, args.context)), adopt)
+async def _credentials(args: argparse.Namespace) -> Credentials:
+    """Loaded and used once up front: a kubeconfig problem, or an exec plugin or token file that fails, is one
+    line and exit 2 at start, not a watch retried forever."""
+    creds = load_credentials(args.kubeconfig, args.context)
+    await asyncio.to_thread(creds.token)
+    return creds
+
+
+async def _discovery(args: argparse.Namespace, adopt: Callable[[Inventory], None]) -> Discovery:
+    return Discovery(KubeApi(await _credentials(args)), adopt)
 
 
 async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
-    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced)."""
-    discovery = _discovery(args, lambda _: None)
+    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
+
+    A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
+    discovery = await _discovery(args, lambda _: None)
     try:
         await discovery.start()
-        await asyncio.wait_for(discovery.wait_synced(), limit)
-        return discovery.inventory
-    except TimeoutError as err:
+        synced = asyncio.ensure_future(discovery.wait_synced())
+        refused = asyncio.ensure_future(discovery.api.refused.wait())
+        try:
+            done, _ = await asyncio.wait({synced, refused}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (synced, refused):
+                waiter.cancel()
+        if synced in done:
+            synced.result()
+            return discovery.inventory
+        if discovery.api.refusal is not None:
+            raise UsageError(f"{discovery.api.server} refused the credentials: {discovery.api.refusal}")
         raise UsageError(f"could not list webhook configurations within {limit:g}s: "
-                         f"{discovery.last_error or 'no answer from the API'}") from err
+                         f"{discovery.last_error or 'no answer from the API'}")
     finally:
         await discovery.close()
 
@@ -230,7 +250,7 @@ async def run_serve(args: argparse.Namespace) -> int:
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port)
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-    discovery = _discovery(args, exporter.state.adopt)
+    discovery = await _discovery(args, exporter.state.adopt)
     exporter.attach(discovery)
     await discovery.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
@@ -271,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
                   "explain": run_explain}[args.command]
         return asyncio.run(runner(args))
-    except (UsageError, ManifestError, ValueError) as err:
+    except (UsageError, ManifestError, KubeconfigError, ValueError) as err:
         print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
