@@ -117,6 +117,8 @@ class Stack:
         self.apps = client.AppsV1Api(api_client)
         self.extensions = client.ApiextensionsV1Api(api_client)
         self.created: list[dict[str, Any]] = []
+        #: reads a container's log (namespace, pod, container), for failure messages; the node can, the API cannot
+        self.pod_log: Callable[[str, str, str], str] | None = None
         self._operator: subprocess.Popen[bytes] | None = None
         self._operator_log: IO[bytes] | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="awe-kps-"))
@@ -327,8 +329,13 @@ class Stack:
         pods: list[Any] = self.core.list_namespaced_pod(NAMESPACE).items
         out = []
         for pod in pods:
-            states = [f"{s.name}:{_container_state(s)}" for s in (pod.status.container_statuses or [])]
+            statuses = pod.status.container_statuses or []
+            states = [f"{c.name}:{_container_state(c)}" for c in statuses]
             out.append(f"{pod.metadata.name} {pod.status.phase} {states}")
+            for c in statuses:
+                if not c.ready and self.pod_log is not None:
+                    tail = self.pod_log(NAMESPACE, pod.metadata.name, c.name).splitlines()[-8:]
+                    out.append(f"  {c.name} log: " + "\n    ".join(tail))
         return "pods: " + "; ".join(out) if out else "no pods in monitoring"
 
 

@@ -74,6 +74,7 @@ def env(node_cluster: Any, node_image: Any, monitoring_build: MonitoringBuild, h
     node_image("admission-webhook-exporter")  # the project's image, as tests/image/build.sh tags it
     api = api_client_for(node.cp)
     stack = Stack(api, monitoring_build, in_cluster=True)
+    stack.pod_log = node.pod_log
     helm = Helm(helm_bin, node.kubeconfig_path)
     try:
         stack.install_crds()
