@@ -122,7 +122,7 @@ def firing(prom: PrometheusApi, alertname: str, **labels: str) -> list[dict[str,
 
 
 @pytest.mark.timeout(600)
-def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_load(env: Env) -> None:
+def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_load(env: Env, guard: Guard) -> None:
     t0 = time.monotonic()
     env.figures["helm install at (s)"] = t0
     env.helm.install(EXPORTER_RELEASE, f"serviceMonitor.additionalLabels.release={RELEASE}", wait=True).check()
@@ -137,6 +137,15 @@ def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_lo
     assert target["labels"]["namespace"] == NAMESPACE and target["labels"]["endpoint"] == "metrics", target
     assert target["labels"]["service"] == EXPORTER_RELEASE, target
     assert target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0", target
+
+    # honorLabels: the exporter's own `endpoint` label (the backend Pod's ip:port) reaches Prometheus intact, not
+    # renamed `exported_endpoint` because the target carries an `endpoint` label (the port name) too.
+    [backend_ip] = backend_ips(env, guard)
+    query = f'admission_webhook_probe_success{{job="{EXPORTER_JOB}", name="{GUARD_WEBHOOK}"}}'
+    [series] = eventually(lambda: env.prom.query(query), timeout_s=WITHIN_S, every_s=2.0, what=query)
+    assert series["metric"]["endpoint"] == f"{backend_ip}:{workloads.BACKEND_PORT}", series
+    assert "exported_endpoint" not in series["metric"], series
+    assert series["metric"]["pod"] == target["labels"]["pod"] and series["value"][1] == "1", series
 
     # Every group of the chart's PrometheusRule is loaded, has been evaluated, and no rule has an error.
     groups = env.stack.release_rule_groups(EXPORTER_RELEASE)
@@ -211,6 +220,11 @@ def wait_replicas(env: Env, n: int) -> None:
 
     eventually(ready, timeout_s=120, what=f"{GUARD} with {n} ready replicas", every_s=1.0,
                describe=lambda: env.node.describe(HOOKS_NS))
+
+
+def backend_ips(env: Env, guard: Guard) -> list[str]:
+    pods: list[Any] = env.stack.core.list_namespaced_pod(HOOKS_NS, label_selector=guard.backend.label_selector).items
+    return sorted(p.status.pod_ip for p in pods if p.status.pod_ip and p.metadata.deletion_timestamp is None)
 
 
 def scale(env: Env, n: int) -> None:
@@ -356,8 +370,7 @@ def test_4_the_apiserver_scraped_as_kube_prometheus_stack_does_and_calls_failing
     upgrade(env, f"prometheusRule.config.apiserverFor={SHORT_FOR}")
     assert rule_for(env.stack, "AdmissionWebhookCallsFailing")["for"] == SHORT_FOR
     scale(env, 1)
-    pods: list[Any] = env.stack.core.list_namespaced_pod(HOOKS_NS, label_selector=guard.backend.label_selector).items
-    [pod_ip] = [p.status.pod_ip for p in pods if p.status.pod_ip]
+    [pod_ip] = backend_ips(env, guard)
     # Calls pass first: the apiserver reaches the backend (its counters get a series per webhook).
     assert not create_configmaps(env, 3, 0.2)
 
