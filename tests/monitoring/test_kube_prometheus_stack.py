@@ -31,7 +31,7 @@ from tests.controlplane.fixtures import api_client_for
 from tests.e2e.prometheus import PrometheusApi
 from tests.monitoring.build import MonitoringBuild
 from tests.monitoring.fixtures import CHART, Helm, helm_bin, monitoring_build
-from tests.monitoring.kps import NAMESPACE, RELEASE, Stack, eventually, render
+from tests.monitoring.kps import NAMESPACE, PROMETHEUS, RELEASE, Stack, eventually, render
 from tests.monitoring.receiver import Receiver
 from tests.node import chart as node_chart
 from tests.node import workloads
@@ -125,8 +125,12 @@ def firing(prom: PrometheusApi, alertname: str, **labels: str) -> list[dict[str,
 def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_load(env: Env, guard: Guard) -> None:
     t0 = time.monotonic()
     env.figures["helm install at (s)"] = t0
-    env.helm.install(EXPORTER_RELEASE, f"serviceMonitor.additionalLabels.release={RELEASE}", wait=True).check()
+    installed = env.helm.install(EXPORTER_RELEASE, f"serviceMonitor.additionalLabels.release={RELEASE}", wait=True)
     env.figures["helm install --wait (s)"] = time.monotonic() - t0
+    # The notes looked at the cluster's Prometheus and found it selects both objects.
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert f"{NAMESPACE}/{PROMETHEUS} selects this {kind} by its labels." in installed.check().stdout, \
+            installed.stdout
 
     up = eventually(lambda: up_targets(env.prom, EXPORTER_JOB), timeout_s=WITHIN_S, every_s=2.0,
                     what=f'an UP target with job="{EXPORTER_JOB}"',
@@ -324,9 +328,17 @@ def test_3_a_wrong_release_label_never_becomes_a_target_and_notes_say_how_to_fix
         files = {g["file"] for g in env.prom.rule_groups()}
         assert not [f for f in files if f"/{WRONG_NS}-" in f], files
         assert [f for f in files if f"/{NAMESPACE}-{EXPORTER_RELEASE}-" in f], files  # the right release's are
-        # What the user read after `helm install`: the label the ServiceMonitor carries, what selects it.
+        # What the user read after `helm install`: the label the ServiceMonitor carries, what selects it, and the
+        # fix. Follow it, as a user would: the target appears.
         notes = installed.stdout
         assert "release=prometheus" in notes and "serviceMonitorSelector" in notes, notes
+        prefix = f"MISMATCH: {NAMESPACE}/{PROMETHEUS} selects ServiceMonitors labelled release={RELEASE} "
+        [mismatch] = [line.strip() for line in notes.splitlines() if line.strip().startswith(prefix)]
+        fix = mismatch.rsplit("add --set ", 1)[1]
+        assert fix == f"serviceMonitor.additionalLabels.release={RELEASE}", mismatch
+        env.helm.upgrade(WRONG_RELEASE, fix, namespace=WRONG_NS, wait=True, reuse_values=True).check()
+        eventually(lambda: [t for t in up_targets(env.prom, EXPORTER_JOB) if t["labels"]["namespace"] == WRONG_NS],
+                   timeout_s=WITHIN_S, every_s=2.0, what="the target, once relabelled as the notes say")
     finally:
         env.stack.delete({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                           "metadata": {"name": "awe-sentinel", "namespace": WRONG_NS}})
