@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.controlplane.fixtures import api_client_for
 from tests.e2e.prometheus import PrometheusApi
@@ -322,8 +323,9 @@ def test_3_a_wrong_release_label_never_becomes_a_target_and_notes_say_how_to_fix
                    timeout_s=WITHIN_S, every_s=2.0, what="the sentinel ServiceMonitor's target")
         pools = {t["scrapePool"] for t in env.prom.targets()}
         assert f"serviceMonitor/{WRONG_NS}/{WRONG_RELEASE}-admission-webhook-exporter/0" not in pools, pools
-        assert f"serviceMonitor/{WRONG_NS}" not in env.prom.config_yaml().replace("awe-sentinel", ""), \
-            "the chart's ServiceMonitor reached the configuration despite release=prometheus"
+        jobs = [j["job_name"] for j in yaml.safe_load(env.prom.config_yaml())["scrape_configs"]]
+        assert [j for j in jobs if j.startswith(f"serviceMonitor/{WRONG_NS}/")] == \
+            [f"serviceMonitor/{WRONG_NS}/awe-sentinel/0"], jobs
         # Nor its rules: the operator names each rule file after the PrometheusRule's namespace and name.
         files = {g["file"] for g in env.prom.rule_groups()}
         assert not [f for f in files if f"/{WRONG_NS}-" in f], files
