@@ -122,7 +122,7 @@ def firing(prom: PrometheusApi, alertname: str, **labels: str) -> list[dict[str,
 # ---------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)  # includes the module's setup: the node (its machine lock may wait 600 s) and the stack
 def test_1_installed_as_the_readme_says_the_exporter_is_scraped_and_its_rules_load(env: Env, guard: Guard) -> None:
     t0 = time.monotonic()
     env.figures["helm install at (s)"] = t0
