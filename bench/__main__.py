@@ -1,4 +1,4 @@
-"""Run the benchmarks and print their tables: `python -m bench [--only probe,scrape,discovery] [--quick]`.
+"""Run the benchmarks and print their tables: `python -m bench [--only probe,scrape,discovery,canary] [--quick]`.
 
 Figures, not pass/fail: see bench/README.md for the targets they are read against. Each part runs in its
 own processes, one after the other (on a small machine two at once would measure each other).
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-PARTS = ("probe", "scrape", "discovery")
+PARTS = ("probe", "scrape", "discovery", "canary")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         "scrape": ["bench.scrape_cost", *(["--series", "1000,10000", "--repeats", "5"] if args.quick else [])],
         "discovery": ["bench.discovery_cost", *(["--configs", "50", "--unrelated", "1000", "--steady", "10",
                                                   "--trials", "5"] if args.quick else [])],
+        "canary": ["bench.canary_cost", *(["--configs", "50", "--interval", "10", "--window", "20"]
+                                          if args.quick else [])],
     }
     if "probe" in wanted and not args.no_blackbox and shutil.which("prometheus-blackbox-exporter") is None:
         print("note: blackbox_exporter is not installed (bench/install-blackbox.sh); probe cost runs without it\n")

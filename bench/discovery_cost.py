@@ -47,10 +47,8 @@ async def _worker(kubeconfig: str) -> None:
         now = time.time()
         return ProbeResult(success=True, reason=None, detail="", duration_seconds=0.0, finished_at=now)
 
-    exporter = Exporter(probe_fn=no_dial, interval=30.0)
-    discovery = Discovery(KubeApi(load_credentials(kubeconfig)), exporter.state.adopt)
-    exporter.attach(discovery)
-    await discovery.start()
+    exporter = Exporter(probe_fn=no_dial, interval=30.0, discovery=Discovery(KubeApi(load_credentials(kubeconfig))))
+    await exporter.start()
     port = await exporter.serve("127.0.0.1", 0)
     print(port, flush=True)
     loop = asyncio.get_running_loop()

@@ -94,8 +94,8 @@ async def _worker(args: argparse.Namespace) -> None:
         scheduler.update(plans)
         await asyncio.sleep(args.steady)
         await scheduler.close()
-        probes = scheduler.stats.by_result["success"] + scheduler.stats.by_result["failure"]
-        failures = scheduler.stats.by_result["failure"]
+        counts = scheduler.counts()
+        probes, failures = counts.total, counts.by_result["failure"]
     else:
         for _ in range(args.rounds):
             results_round = await probe_once(plans, concurrency=args.concurrency)

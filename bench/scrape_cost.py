@@ -1,7 +1,7 @@
 """Scrape cost: /metrics render time and size at 1k/10k/100k series, idle and WHILE probes run.
 
 Builds an inventory of url webhooks with synthetic results (a result per endpoint, as after a probe round;
-the state has no scheduler, so nothing of it is ever dialled) and renders the registry the way the HTTP
+only the collector is built, no scheduler, so nothing of it is ever dialled) and renders the registry the way the HTTP
 handler does: `exporter.exposition.render` (the text format) on a worker thread of the event loop. It is
 measured twice: with the loop idle, and while the same loop runs real probes back to back against loopback TLS
 backends (`bench.backends`, another process) with `--concurrency` in flight: render and probes then share
@@ -20,40 +20,41 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import WebhookCollector
+from exporter.collector import ExporterCollector, Scrape
 from exporter.exposition import render
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.probe import ProbeResult
 from exporter.reasons import Reason
 from exporter.results import ResultStore
-from exporter.scheduler import ProbeScheduler, ProbeStats
+from exporter.scheduler import ProbeCounts, ProbeScheduler
 from exporter.state import ExporterState
-from exporter.targets import plan
 
 SERIES_PER_WEBHOOK = 7  # info, timeout, success, duration, timestamp, cert; failure_info for half
 
 
-def state_with(webhooks: int) -> ExporterState:
+def scrape_of(webhooks: int) -> Scrape:
     # Loopback addresses: these are labels only (no scheduler here), but a benchmark names nothing else.
     hooks = [{"name": f"hook-{i}.bench.example.com", "sideEffects": "None",
               "clientConfig": {"url": f"https://127.0.{i // 250}.{i % 250 + 1}:443/validate"}}
              for i in range(webhooks)]
     config = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
               "metadata": {"name": "bench"}, "webhooks": hooks}
-    state = ExporterState(scheduler=None, results=ResultStore(), stats=ProbeStats())
-    state.adopt(build_inventory([SourcedObject("bench", config)]))
+    snapshot = ExporterState().adopt(build_inventory([SourcedObject("bench", config)]))
+    results = ResultStore()
     now = time.time()
-    for i, p in enumerate(plan(state.inventory)):
+    for i, p in enumerate(snapshot.plans):
         for t in p.targets:
             ok = i % 2 == 0
-            state.results.put(t.key, ProbeResult(success=ok, reason=None if ok else Reason.TIMEOUT, detail="",
-                                                 duration_seconds=0.01, finished_at=now, cert_not_after=now + 1e6))
-    return state
+            results.put(t.key, ProbeResult(success=ok, reason=None if ok else Reason.TIMEOUT, detail="",
+                                           duration_seconds=0.01, finished_at=now, cert_not_after=now + 1e6))
+    counts = ProbeCounts(by_result={"success": 0, "failure": 0}, failures={})
+    return Scrape(snapshot=snapshot, results=results.snapshot(), probes=counts)
 
 
 def registry_for(series: int) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WebhookCollector(state_with(max(1, series // SERIES_PER_WEBHOOK))))
+    scrape = scrape_of(max(1, series // SERIES_PER_WEBHOOK))
+    registry.register(ExporterCollector(lambda: scrape))
     return registry
 
 
@@ -93,9 +94,9 @@ async def measure(series_list: list[int], repeats: int, backends: int, concurren
                 scheduler = ProbeScheduler(results=ResultStore(), concurrency=concurrency, interval=0.0, jitter=0.0)
                 scheduler.update(plans_for(probing.spec))  # back to back: the loop never rests
                 await asyncio.sleep(1.0)
-                before, t0 = sum(scheduler.stats.by_result.values()), time.perf_counter()
+                before, t0 = scheduler.counts().total, time.perf_counter()
                 busy = await render_times(registry, repeats)
-                rate = (sum(scheduler.stats.by_result.values()) - before) / (time.perf_counter() - t0)
+                rate = (scheduler.counts().total - before) / (time.perf_counter() - t0)
                 await scheduler.close()
             busy_cols = (f"{statistics.median(busy):>17.1f} {p90(busy):>11.1f} {rate:>18.0f}" if busy else "")
             print(f"{target:>13} {series:>8} {len(body):>10} {statistics.median(idle):>14.1f} {p90(idle):>8.1f} "

@@ -436,6 +436,16 @@ def overview(s: Settings) -> db.Dashboard:
                mappings=tuple(VERDICT), cell="color-background", width=90),
         Column("D", "reason", q.fill(f"max by ({w}, reason) (admission_webhook_probe_failure_info{q.exp()})"),
                value=False),
+        # The canary (opt-in): the apiserver's own path to the webhook, beside the probe's verdict. Its reasons
+        # go in a label of their own (`canary_reason`): the merge would otherwise mix them with the probe's.
+        Column("P", "canary", q.fill(f"min by ({w}) (admission_webhook:canary_success:min{q.rec()})"),
+               mappings=tuple(VERDICT), cell="color-background", width=90),
+        # label_join copies `reason` (label_replace's "$1" would read as a Grafana variable); the three reason
+        # sets do not overlap (docs/metrics.md), so the value alone says which kind it is.
+        Column("Q", "canary reason", q.fill("\nor ".join(
+            f'max by ({w}, canary_reason) (label_join({family}{q.exp()}, "canary_reason", "", "reason"))'
+            for family in ("admission_webhook_canary_failure_info", "admission_webhook_canary_inconclusive_info",
+                           "admission_webhook_not_canaried_info"))), value=False),
         Column("E", "served cert (days)", q.fill(
             f"min by ({w}) (admission_webhook_endpoint:tls_certificate_expiry_seconds:min{q.rec()}) / {DAY}"),
                unit="d", decimals=1, thresholds=days, cell="color-background", width=110),
@@ -464,7 +474,10 @@ def overview(s: Settings) -> db.Dashboard:
     ]
     d = d.with_panel(merged_table(
         layout, "Webhook health", "One row per webhook. Exporter: failurePolicy and backend, ready endpoints behind a "
-        "service webhook (red at 0), the probe verdict (FAILING when any endpoint fails) and its reason, days "
+        "service webhook (red at 0), the probe verdict (FAILING when any endpoint fails) and its reason, the "
+        "canary's verdict (opt-in: whether the kube-apiserver itself could call the webhook for a dry run; FAILING "
+        "while the probe is OK means the control plane's path is broken) and its reason (why it failed, why its "
+        "answer said nothing, or why the webhook is not canaried), days "
         f"until the served certificate and the caBundle CA expire (red under {crit:g}, orange under "
         f"{warn:g} / {s.ca_bundle_warning_days:g}), the slowest endpoint's last probe against timeoutSeconds "
         f"(red from {s.latency_timeout_ratio:.0%}). Apiserver, joined on name and type: calls/s, rejected/s (all "
@@ -472,7 +485,7 @@ def overview(s: Settings) -> db.Dashboard:
         "- means nothing to show (a url webhook has no Service; no call seen). Click a name for its detail.",
         columns, labels=[(s.cluster_label, "cluster"), ("configuration", "configuration"), ("name", "webhook"),
                          ("type", "type"), ("failure_policy", "policy"), ("backend", "backend"),
-                         ("reason", "reason")],
+                         ("reason", "reason"), ("canary_reason", "canary reason")],
         links={"name": detail_link()}, height=12))
 
     d = d.with_row(db.Row("Apiserver").id(layout.id()))

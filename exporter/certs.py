@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from . import reasons
 from .reasons import Reason
 
 PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
@@ -66,51 +67,82 @@ def validity_failure(cert: x509.Certificate, now: float) -> Reason | None:
     return None
 
 
-def _dns_matches(pattern: str, host: str) -> bool:
-    pattern = pattern.lower().rstrip(".")
-    host = host.lower().rstrip(".")
-    if pattern == host:
-        return True
-    # Go accepts a wildcard only as the whole left-most label, matching exactly one label.
-    if pattern.startswith("*.") and "." in host:
-        return host.split(".", 1)[1] == pattern[2:]
+def _valid_hostname(host: str, *, pattern: bool) -> bool:
+    """Go's validHostname: labels of letters, digits, `-` (not first) and `_`; a pattern may start with `*.`."""
+    if not pattern:
+        host = host.removesuffix(".")
+    if not host or host == "*":
+        return False
+    for i, label in enumerate(host.split(".")):
+        if not label:
+            return False
+        if pattern and i == 0 and label == "*":
+            continue
+        if any(not (c.isascii() and (c.isalnum() or c == "_" or (c == "-" and j > 0))) for j, c in enumerate(label)):
+            return False
+    return True
+
+
+def _matches(pattern: str, host: str) -> bool:
+    """Go's matchHostnames: a `*` matches exactly one whole left-most label; the host's trailing dot is dropped."""
+    pattern_labels = pattern.lower().split(".")
+    host_labels = host.lower().removesuffix(".").split(".")
+    if not pattern or host_labels == [""] or len(pattern_labels) != len(host_labels):
+        return False
+    pairs = enumerate(zip(pattern_labels, host_labels, strict=True))
+    return all((i == 0 and p == "*") or p == h for i, (p, h) in pairs)
+
+
+def _dns_names_match(names: list[str], host: str) -> bool:
+    """Go's VerifyHostname for a name: wildcard rules between valid names, an exact match otherwise."""
+    valid_host = _valid_hostname(host.lower(), pattern=False)
+    for name in names:
+        if valid_host and _valid_hostname(name, pattern=True):
+            if _matches(name, host):
+                return True
+        elif name not in ("", ".") and host not in ("", ".") and name.lower() == host.lower():
+            return True
     return False
 
 
-def subject_names(cert: x509.Certificate) -> list[str]:
-    """DNS and IP SANs, as the apiserver lists them in `x509: certificate is valid for ...`."""
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return names
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    # Go's net.IP.Equal treats an IPv4-mapped IPv6 address as the IPv4 address.
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 def hostname_failure(cert: x509.Certificate, server_name: str) -> str | None:
-    """None when the certificate is valid for `server_name`, else the apiserver's sentence for why not."""
+    """None when the certificate is valid for `server_name`, else the apiserver's sentence for why not.
+
+    Go's `Certificate.VerifyHostname` and `HostnameError.Error`: an IP (bracketed or not) is matched against
+    IP SANs only, a name against DNS SANs only, and the Common Name never (since Go 1.15).
+    """
     try:
-        ip = ipaddress.ip_address(server_name.strip("[]"))
-    except ValueError:
-        ip = None
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san: x509.SubjectAlternativeName | None = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
-    if san is not None:
-        if ip is not None:
-            if ip in san.get_values_for_type(x509.IPAddress):
-                return None
-        elif any(_dns_matches(p, server_name) for p in san.get_values_for_type(x509.DNSName)):
-            return None
-    names = subject_names(cert)
-    if not names:
-        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if cns:
-            return "x509: certificate relies on legacy Common Name field, use SANs instead"
-        return "x509: certificate is not valid for any names"
-    return f"x509: certificate is valid for {', '.join(names)}, not {server_name}"
+    dns = [str(n) for n in san.get_values_for_type(x509.DNSName)] if san else []
+    ips = list(san.get_values_for_type(x509.IPAddress)) if san else []
+    bare = server_name[1:-1] if len(server_name) >= 3 and server_name[0] == "[" and server_name[-1] == "]" else None
+    ip = _ip(bare or server_name)
+    host = (bare or server_name) if ip is not None else server_name
+    if ip is not None and any(_ip(str(candidate)) == ip for candidate in ips):
+        return None
+    if ip is None and _dns_names_match(dns, server_name):
+        return None
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if san is None and cns and _matches(cns[-1], host):
+        return reasons.LEGACY_COMMON_NAME.format()
+    if ip is not None and not ips:
+        return reasons.NO_IP_SANS.format(host=host)
+    valid = ", ".join(str(a) for a in ips) if ip is not None else ", ".join(dns)
+    if not valid:
+        return reasons.NO_NAMES.format(host=host)
+    return reasons.NOT_VALID_FOR.format(names=valid, host=host)
 
 
 # OpenSSL X509_V_ERR_* codes met when a chain fails against the caBundle roots.

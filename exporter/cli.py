@@ -2,7 +2,9 @@
 
 Bad flags and unusable manifests print one line on stderr and exit 2; `check` exits 1 when a
 `failurePolicy: Fail` webhook is unhealthy, and `audit` when a finding reaches `--fail-on`, so both can gate
-a pipeline.
+a pipeline. Both also exit 1 when they checked nothing (no webhook; `--allow-empty` when that is expected) or
+not everything (an object skipped as malformed). An unexpected exception is a bug, not a usage error: it
+prints its traceback and exits 3.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import math
+import os
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +31,7 @@ from .app import Exporter
 from .audit import SEVERITIES, at_or_above, audit
 from .audit import to_json as audit_json
 from .audit import to_text as audit_text
+from .canary import DEFAULT_INTERVAL, Canary, CanaryConfig, parse_resources
 from .discovery import Discovery
 from .explain import explain, probe_verdicts
 from .explain import to_json as explain_json
@@ -34,16 +42,18 @@ from .kubeconfig import Credentials, KubeconfigError, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
-from .report import summarize, to_json, to_table
+from .report import Gate, check_failures, inventory_failures, skip_messages, summarize, to_json, to_table
 from .scheduler import probe_once
 from .server import parse_listen_address
-from .targets import plan
+from .targets import format_endpoint, plan
+from .webconfig import WebConfigError, WebSecurity
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10047  # outside the fully allocated 9100-9999 exporter range; see README
 EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3  # a bug: distinct from 1 (unhealthy) so a pipeline does not read a crash as a verdict
 
 
 class UsageError(Exception):
@@ -55,18 +65,39 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
+@dataclass(frozen=True)
+class Bounded:
+    """An argparse `type` for a finite number within [low, high]; out of range is refused, never clamped.
+
+    It raises only `ArgumentTypeError`, whose text argparse prints as is: any other exception would make
+    argparse print "invalid <function name> value".
+    """
+
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    unit: str = ""  # "seconds", or "" for a count
+    hint: str = ""  # appended to the error, e.g. what to do instead
+
+    def __call__(self, value: str) -> float:
+        try:
+            number = self.kind(value.strip())
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and self.low <= number <= self.high):
+            what = f"a number of {self.unit}" if self.unit else "a whole number"
+            raise argparse.ArgumentTypeError(
+                f"expected {what} from {self.low:g} to {self.high:g}, got {value!r}{self.hint}")
+        return number
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
+# Ranges, with why. A probe interval below 1 s is a probe storm against the backends, above a day and
+# certificate and endpoint changes go unseen; each probe in flight holds a socket, and 1024 is the usual
+# open-file limit; a demo runs at least long enough for its first round to print.
+PROBE_INTERVAL = Bounded(float, 1, 86_400, "seconds")
+PROBE_CONCURRENCY = Bounded(int, 1, 1024)
+CANARY_INTERVAL = Bounded(float, 1, 86_400, "seconds")
+DEMO_DURATION = Bounded(float, 1, 86_400, "seconds", hint=" (leave --duration out to run until interrupted)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,10 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--probe-concurrency", type=_positive_int, default=64,
-                       help="probes in flight at most (default 64)")
+        p.add_argument("--probe-concurrency", type=PROBE_CONCURRENCY, default=64, metavar="N",
+                       help="probes in flight at most, 1-1024 (default 64)")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
+
+    def gate(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-empty", action="store_true",
+                       help="pass when there is no webhook at all (a cluster or folder expected to hold none); "
+                            "without it an empty inventory fails, as a gate that checked nothing must")
 
     def sources(p: argparse.ArgumentParser) -> None:
         p.add_argument("--manifests", action="append", default=[], metavar="PATH",
@@ -91,21 +127,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the exporter")
     sources(serve)
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
-    serve.add_argument("--probe-interval", type=_positive_float, default=30.0, help="seconds between probes (30)")
+    serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
+                       help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--canary-namespace", metavar="NAMESPACE",
+                       help="opt in to the canary: a dry-run create (dryRun=All, nothing stored) per webhook through "
+                            "the apiserver's own path, of an object in this existing namespace (needs `create` on "
+                            "the canary's resources there); off unless given")
+    serve.add_argument("--canary-interval", type=CANARY_INTERVAL, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                       help=f"seconds between two canaries of one webhook, 1-86400 (default {DEFAULT_INTERVAL:g})")
+    serve.add_argument("--canary-resources", default="configmaps,pods", metavar="LIST",
+                       help="what the canary may create (dry run), in order of preference: configmaps, pods or both "
+                            "(default configmaps,pods)")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
+                            "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
+    serve.add_argument("--health-listen-address", metavar="[HOST]:PORT",
+                       help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
+                            "kubelet's probes when --web.config.file requires a client certificate or credentials")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
-                                         "is unhealthy")
+                                         "is unhealthy, or if there was nothing to check or something was skipped")
     sources(check)
     check.add_argument("--output", choices=["table", "json"], default="table")
+    gate(check)
     common(check)
 
     audit_cmd = sub.add_parser("audit", help="report webhook configurations that can wedge the cluster; exit 1 "
-                                             "when a finding reaches --fail-on")
+                                             "when a finding reaches --fail-on, or if there was nothing to audit "
+                                             "or something was skipped")
     sources(audit_cmd)
     audit_cmd.add_argument("--output", choices=["text", "json"], default="text")
+    gate(audit_cmd)
     audit_cmd.add_argument("--fail-on", choices=[*SEVERITIES, "never"], default="critical",
-                           help="exit 1 when a finding of this severity or above exists (default critical)")
+                           help="exit 1 when a finding of this severity or above exists (default critical); never: "
+                                "findings never fail the run (nothing to audit, or a skipped object, still does)")
     audit_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     audit_cmd.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
 
@@ -118,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start local faulty webhook backends and serve the exporter against them")
     demo.add_argument("--listen-address", default=f"127.0.0.1:{DEFAULT_PORT}")
-    demo.add_argument("--probe-interval", type=_positive_float, default=5.0)
-    demo.add_argument("--duration", type=float, default=0.0,
-                      help="stop after this many seconds (default: run until interrupted)")
+    demo.add_argument("--probe-interval", type=PROBE_INTERVAL, default=5.0, metavar="SECONDS",
+                      help="seconds between probes of one endpoint, 1-86400 (default 5)")
+    demo.add_argument("--duration", type=DEMO_DURATION, default=None, metavar="SECONDS",
+                      help="stop after this many seconds, 1-86400 (default: run until interrupted)")
     common(demo)
     return parser
 
@@ -136,9 +193,17 @@ def load_inventory(paths: Sequence[str]) -> Inventory:
 
 
 def _report_invalid(inventory: Inventory) -> None:
-    for bad in inventory.invalid:
-        print(f"skipped {bad.kind or 'document'} {bad.name or ''} in {bad.source}: {bad.reason}".replace("  ", " "),
-              file=sys.stderr)
+    for line in skip_messages(inventory.invalid):
+        print(line, file=sys.stderr)
+
+
+def _gate(args: argparse.Namespace, inventory: Inventory, failures: Sequence[str]) -> Gate:
+    """The gate of `check`/`audit`: the inventory's own failures (said on stderr) and the command's."""
+    source = "the cluster" if not args.manifests else f"--manifests {' '.join(args.manifests)}"
+    own = inventory_failures(inventory, source=source, allow_empty=args.allow_empty)
+    for failure in own:
+        print(f"admission-webhook-exporter: gate failed: {failure}", file=sys.stderr)
+    return Gate(failures=(*own, *failures), skipped=inventory.invalid)
 
 
 async def _credentials(args: argparse.Namespace) -> Credentials:
@@ -149,15 +214,15 @@ async def _credentials(args: argparse.Namespace) -> Credentials:
     return creds
 
 
-async def _discovery(args: argparse.Namespace, adopt: Callable[[Inventory], None]) -> Discovery:
-    return Discovery(KubeApi(await _credentials(args)), adopt)
+async def _discovery(args: argparse.Namespace) -> Discovery:
+    return Discovery(KubeApi(await _credentials(args)))
 
 
 async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
     """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
 
     A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
-    discovery = await _discovery(args, lambda _: None)
+    discovery = await _discovery(args)
     try:
         await discovery.start()
         synced = asyncio.ensure_future(discovery.wait_synced())
@@ -184,23 +249,31 @@ async def run_check(args: argparse.Namespace) -> int:
     plans = plan(inventory)
     results = await probe_once(plans, concurrency=args.probe_concurrency)
     statuses = summarize(plans, results)
-    print(to_json(statuses) if args.output == "json" else to_table(statuses))
-    unhealthy = [s for s in statuses if s.failure_policy == "Fail" and s.unhealthy]
-    return EXIT_UNHEALTHY if unhealthy else 0
+    gate = _gate(args, inventory, check_failures(statuses))
+    print(to_json(statuses, gate) if args.output == "json" else to_table(statuses))
+    return 0 if gate.passed else EXIT_UNHEALTHY
 
 
 async def run_audit(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     findings = audit(inventory, plan(inventory))
-    render = audit_json if args.output == "json" else audit_text
-    print(render(findings, webhooks=len(inventory.webhooks)))
-    failing = args.fail_on != "never" and at_or_above(findings, args.fail_on)
-    return EXIT_UNHEALTHY if failing else 0
+    failing = at_or_above(findings, args.fail_on) if args.fail_on != "never" else []
+    gate = _gate(args, inventory, [f"{len(failing)} finding{'s' if len(failing) != 1 else ''} at or above "
+                                   f"--fail-on {args.fail_on}"] if failing else [])
+    if args.output == "json":
+        print(json.dumps({**json.loads(audit_json(findings, webhooks=len(inventory.webhooks))), **gate.to_dict()},
+                         indent=2))
+    else:
+        print(audit_text(findings, webhooks=len(inventory.webhooks)))
+    return 0 if gate.passed else EXIT_UNHEALTHY
 
 
 async def run_explain(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.text == "-" else args.text
+    try:
+        text = sys.stdin.read() if args.text == "-" else args.text
+    except UnicodeDecodeError as err:
+        raise UsageError(f"stdin is not {sys.stdin.encoding} text ({err.reason})") from err
     if not text.strip():
         raise UsageError("explain needs the error text: as an argument, or on stdin")
     inventory: Inventory | None = None
@@ -216,9 +289,22 @@ async def run_explain(args: argparse.Namespace) -> int:
     return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
 
 
-async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float = 0.0,
-                               on_ready: Callable[[int], Awaitable[None]] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (or `duration`), then stop within a bounded time."""
+def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
+    try:
+        return parse_listen_address(value, flag)
+    except ValueError as err:  # its message names the flag and the value
+        raise UsageError(str(err)) from err
+
+
+def show_address(host: str, port: int) -> str:
+    """`host:port` as the flag takes it back: `[::1]:port` for IPv6, `:port` for every interface."""
+    return f":{port}" if not host else format_endpoint(host, port)
+
+
+async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float | None = None,
+                               on_ready: Callable[[int], Awaitable[None]] | None = None,
+                               security: WebSecurity | None = None, health: tuple[str, int] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or `duration` seconds), then stop within a bounded time."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -226,55 +312,85 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
             loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            bound = await exporter.serve(host, port)
+            bound = await exporter.serve(host, port, security=security, health_host=health[0] if health else "",
+                                         health_port=health[1] if health else None)
         except OSError as err:
-            raise UsageError(f"cannot listen on {host or '*'}:{port}: {err.strerror or err}") from err
-        event(log, logging.INFO, "listening", address=f"{host or '0.0.0.0'}:{bound}", metrics="/metrics")
+            # asyncio's own text repeats the address as a Python tuple; the errno's wording is enough.
+            why = os.strerror(err.errno) if err.errno else str(err)
+            where = show_address(host, port) + (f" and {show_address(*health)}" if health else "")
+            raise UsageError(f"cannot listen on {where}: {why}") from err
+        event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics",
+              tls=security is not None and security.ssl_context is not None)
+        if health is not None and exporter.server is not None and exporter.server.health_port is not None:
+            event(log, logging.INFO, "listening_health", address=show_address(health[0], exporter.server.health_port),
+                  paths="/healthz,/readyz")
         if on_ready is not None:
             await on_ready(bound)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration if duration > 0 else None)
+            await asyncio.wait_for(stop.wait(), duration)
         event(log, logging.INFO, "stopping")
     finally:
         await asyncio.wait_for(exporter.close(), 5)
     return 0
 
 
+def _canary_config(args: argparse.Namespace) -> CanaryConfig:
+    try:
+        resources = parse_resources(n.strip() for n in args.canary_resources.split(",") if n.strip())
+        return CanaryConfig(namespace=args.canary_namespace, resources=resources, interval=args.canary_interval)
+    except ValueError as err:
+        raise UsageError(f"--canary-resources: {err}") from err
+
+
 async def run_serve(args: argparse.Namespace) -> int:
-    host, port = parse_listen_address(args.listen_address)
+    host, port = _listen_address(args.listen_address)
+    if args.canary_namespace is not None:
+        if args.manifests:
+            raise UsageError("--canary-namespace needs a cluster: the canary asks the apiserver, --manifests has none")
+        _canary_config(args)  # a bad value is a usage error before anything starts
+    health = (_listen_address(args.health_listen_address, "--health-listen-address")
+              if args.health_listen_address else None)
+    try:  # read and checked before anything starts: a bad file is one line and exit 2
+        security = WebSecurity(Path(args.web_config_file)) if args.web_config_file else None
+    except WebConfigError as err:
+        raise UsageError(str(err)) from err
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-        exporter.state.adopt(inventory)
+        exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
-        return await _serve_until_stopped(exporter, host, port)
-    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-    discovery = await _discovery(args, exporter.state.adopt)
-    exporter.attach(discovery)
-    await discovery.start()
+        return await _serve_until_stopped(exporter, host, port, security=security, health=health)
+    discovery = await _discovery(args)
+    canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
+    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
+                        canary=canary)
+    await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
-    return await _serve_until_stopped(exporter, host, port)
+    if canary is not None:
+        event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
+              resources=",".join(r.plural for r in canary.config.resources))
+    return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
 async def run_demo(args: argparse.Namespace) -> int:
     from .demo import start_demo
 
-    host, port = parse_listen_address(args.listen_address)
+    host, port = _listen_address(args.listen_address)
     with tempfile.TemporaryDirectory(prefix="awe-demo-") as tmp:
         demo = await start_demo(Path(tmp))  # a fresh temporary folder: nothing to create
         try:
             exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
-            exporter.state.adopt(load_inventory([str(demo.folder)]))
+            exporter.adopt(load_inventory([str(demo.folder)]))
 
             async def show(bound: int) -> None:
                 await asyncio.wait_for(exporter.scheduler.wait_first_round(), 30)
-                shown = f"{host or 'localhost'}:{bound}"
+                shown = format_endpoint(host or "localhost", bound)
                 print(f"Demo webhooks: {demo.folder}/demo-webhooks.yaml\n"
                       f"Metrics:       http://{shown}/metrics\n"
                       f"Ready:         http://{shown}/readyz\n\n"
                       "First probe round (the table `admission-webhook-exporter check` prints):\n", flush=True)
-                print(to_table(summarize(exporter.state.plans, exporter.results.snapshot())), flush=True)
+                print(to_table(summarize(exporter.state.snapshot.plans, exporter.results.snapshot())), flush=True)
                 print("\nServing; Ctrl-C to stop.", flush=True)
 
             return await _serve_until_stopped(exporter, host, port, duration=args.duration, on_ready=show)
@@ -291,11 +407,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
                   "explain": run_explain}[args.command]
         return asyncio.run(runner(args))
-    except (UsageError, ManifestError, KubeconfigError, ValueError) as err:
+    except (UsageError, ManifestError, KubeconfigError) as err:
         print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # anything else is a bug: show it as one, never as a usage error
+        traceback.print_exc()
+        print(f"admission-webhook-exporter: internal error: {type(err).__name__}: {err} "
+              "(a bug: please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

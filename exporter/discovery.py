@@ -5,7 +5,8 @@ namespaces that hold a webhook's backend Service, that namespace's Services and 
 referenced Services (label selector `kubernetes.io/service-name in (...)`). Those backend watches are added,
 narrowed and dropped as webhooks come and go. Each watch resumes from its last resourceVersion (bookmarks
 keep it fresh) and lists again only after `410 Gone`; errors back off. Changes reach the inventory after a
-short debounce, so a burst of events costs one rebuild.
+short debounce, so a burst of events costs one rebuild. How the watches fare is plain data (`status()`); the
+collector makes the metric families of it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .inventory import ParseCache, SourcedObject, build_inventory
 from .kubeapi import (
@@ -44,14 +44,27 @@ DEBOUNCE_SECONDS = 0.05
 EMPTY_WATCH_SECONDS = 1.0  # a watch closed cleanly sooner than this, with no event, counts as a failure
 
 
+WATCHED = (VALIDATING_CONFIGS, MUTATING_CONFIGS, NAMESPACES, SERVICES, ENDPOINT_SLICES)
+
+
 def _key(obj: Mapping[str, Any]) -> ObjectKey:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+@dataclass(frozen=True)
+class WatchStatus:
+    """How discovery's watches fare, by resource (plural), as one copy: what the watch metrics show."""
+
+    up: Mapping[str, bool]  # resources watched now: True while every watch of it is established
+    restarts: Mapping[str, int]  # every watched resource, 0 when never restarted
+    last_event: Mapping[str, float]  # resources whose watches delivered an event or bookmark, Unix time
+    requests: Mapping[tuple[str, str], int]  # requests made to the Kubernetes API, by (verb, resource)
+
+
 @dataclass
 class WatchHealth:
-    """Per-resource watch health for the self-metrics; several namespaced watches share one resource."""
+    """Per-resource watch health, written by the watches; several namespaced watches share one resource."""
 
     up: dict[str, bool] = field(default_factory=dict)  # per watch id
     restarts: dict[str, int] = field(default_factory=dict)  # per resource
@@ -136,18 +149,20 @@ class _BackendWatches:
     watches: list[Watch]
 
 
+def _ignore(_: Inventory) -> None:
+    pass
+
+
 class Discovery:
     """Keeps the in-memory objects, the watches that feed them, and hands inventories to `adopt`."""
 
-    def __init__(self, api: KubeApi, adopt: Callable[[Inventory], None], *, server_timeout: int = 290,
-                 idle_timeout: float = 330) -> None:
+    def __init__(self, api: KubeApi, *, server_timeout: int = 290, idle_timeout: float = 330) -> None:
         self.api = api
-        self._adopt = adopt
+        self._adopt: Callable[[Inventory], None] = _ignore
         self._server_timeout = server_timeout
         self._idle_timeout = idle_timeout
         self.health = WatchHealth()
-        self._objects: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {
-            r.plural: {} for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, NAMESPACES, SERVICES, ENDPOINT_SLICES)}
+        self._objects: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {r.plural: {} for r in WATCHED}
         self._config_watches: list[Watch] = []
         self._backends: dict[str, _BackendWatches] = {}
         self._dirty = asyncio.Event()
@@ -183,7 +198,9 @@ class Discovery:
                      server_timeout=self._server_timeout, idle_timeout=self._idle_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, adopt: Callable[[Inventory], None] = _ignore) -> None:
+        """Start watching; every rebuilt inventory goes to `adopt` (or is only kept in `self.inventory`)."""
+        self._adopt = adopt
         # Namespaces (labels only) let the audit evaluate namespaceSelectors against the live cluster.
         self._config_watches = [self._watch(VALIDATING_CONFIGS), self._watch(MUTATING_CONFIGS),
                                 self._watch(NAMESPACES)]
@@ -273,30 +290,13 @@ class Discovery:
         for task in backend.tasks:
             task.cancel()  # run()'s finally drops its health entry
 
-    # -- metrics -----------------------------------------------------------------------------------------
-    def metrics(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("admission_webhook_exporter_watch_up",
-                               "1 while every watch of the resource is established, 0 while one is failing.",
-                               labels=["resource"])
+    # -- status ----------------------------------------------------------------------------------------
+    def status(self) -> WatchStatus:
+        """A copy of the watch health; safe from a scrape's worker thread (each dict() is one C-level copy)."""
         per_resource: dict[str, bool] = {}
-        for watch_id, ok in list(self.health.up.items()):
+        for watch_id, ok in dict(self.health.up).items():
             plural = watch_id.split("/", 1)[0]
             per_resource[plural] = per_resource.get(plural, True) and ok
-        for plural, ok in sorted(per_resource.items()):
-            up.add_metric([plural], 1 if ok else 0)
-        restarts = CounterMetricFamily("admission_webhook_exporter_watch_restarts",
-                                       "Watches restarted after an error, a dead connection or 410 Gone.",
-                                       labels=["resource"])
-        last = GaugeMetricFamily("admission_webhook_exporter_watch_last_event_timestamp_seconds",
-                                 "When the resource's watches last delivered an event or bookmark.",
-                                 labels=["resource"])
-        for r in (VALIDATING_CONFIGS, MUTATING_CONFIGS, NAMESPACES, SERVICES, ENDPOINT_SLICES):
-            restarts.add_metric([r.plural], self.health.restarts.get(r.plural, 0))
-            if r.plural in self.health.last_event:
-                last.add_metric([r.plural], self.health.last_event[r.plural])
-        requests = CounterMetricFamily("admission_webhook_exporter_api_requests",
-                                       "Requests the exporter made to the Kubernetes API, by verb and resource.",
-                                       labels=["verb", "resource"])
-        for (verb, plural), count in sorted(self.api.requests.items()):
-            requests.add_metric([verb, plural], count)
-        return [up, restarts, last, requests]
+        restarts = dict(self.health.restarts)
+        return WatchStatus(up=per_resource, restarts={r.plural: restarts.get(r.plural, 0) for r in WATCHED},
+                           last_event=dict(self.health.last_event), requests=dict(self.api.requests))

@@ -2,9 +2,10 @@
 
 The apiserver's wording is stable and precise (`failed calling webhook "<name>": failed to call webhook: Post
 "<url>": <cause>`, `admission webhook "<name>" denied the request: ...`), and its causes are the probe's
-closed set of reasons (`exporter.reasons`), so an error pasted from a terminal maps onto the same `reason`
-the exporter's metrics carry. Parsing is a pure function; the optional live verdict reuses one probe round
-(`targets.plan` + `scheduler.probe_once` + `report.summarize`) for the webhooks of that name.
+closed set of reasons (`exporter.reasons`, whose wording table recognises the cause), so an error pasted from
+a terminal maps onto the same `reason` the exporter's metrics carry. Parsing is a pure function; the optional
+live verdict reuses one probe round (`targets.plan` + `scheduler.probe_once` + `report.summarize`) for the
+webhooks of that name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from .model import Inventory, Webhook, WebhookKey
-from .reasons import Reason
+from .reasons import recognise
 from .report import WebhookStatus, summarize, to_table
 from .scheduler import ProbeFn, probe_once
 from .targets import plan
@@ -55,31 +56,6 @@ _DENIED = re.compile(r'admission webhook "(?P<name>[^"]+)" denied the request(?:
 _NO_DRY_RUN = re.compile(r'admission webhook "(?P<name>[^"]+)" does not support dry run')
 _NO_ENDPOINTS = re.compile(r'no endpoints available for service "(?P<service>[^"]+)"')
 
-# The cause, in the apiserver's words, to (diagnosis, probe reason). First match wins: x509 before tls.
-CAUSES: tuple[tuple[str, str, Reason], ...] = (
-    (r"no endpoints available for service", "no_endpoints", Reason.NO_ENDPOINTS),
-    (r'service "[^"]*" not found', "service_not_found", Reason.SERVICE_NOT_FOUND),
-    (r"proxy error|code 503|write: broken pipe|http2: client connection lost|konnectivity|egress",
-     "tunnel", Reason.UNREACHABLE),
-    (r"connect: connection refused", "connection_refused", Reason.CONNECTION_REFUSED),
-    (r"no route to host|network is unreachable|connection reset by peer", "unreachable", Reason.UNREACHABLE),
-    (r"dial tcp [^ ]+: i/o timeout", "dial_timeout", Reason.TIMEOUT),
-    (r"context deadline exceeded|Client\.Timeout exceeded|i/o timeout|timeout awaiting", "timeout",
-     Reason.TIMEOUT),
-    (r"lookup [^ ]+.*(no such host|server misbehaving)", "dns", Reason.DNS),
-    (r"x509: certificate signed by unknown authority", "x509_unknown_authority", Reason.X509_UNKNOWN_AUTHORITY),
-    (r"x509: certificate has expired or is not yet valid: .* is before", "x509_not_yet_valid",
-     Reason.X509_NOT_YET_VALID),
-    (r"x509: certificate has expired or is not yet valid", "x509_expired", Reason.X509_EXPIRED),
-    (r"x509: certificate is valid for|x509: certificate is not valid for any names|legacy Common Name",
-     "x509_hostname_mismatch", Reason.X509_HOSTNAME_MISMATCH),
-    (r"tls:|first record does not look like a TLS handshake|EOF", "tls_handshake", Reason.TLS_HANDSHAKE),
-    (r"the server could not find the requested resource|an error on the server|expected response\.uid|"
-     r"received invalid webhook response|status code|Internal Server Error|unexpected", "http_error",
-     Reason.HTTP_ERROR),
-)
-
-
 @dataclass(frozen=True)
 class Parsed:
     kind: Kind
@@ -96,11 +72,10 @@ def strip_prefixes(text: str) -> str:
 
 
 def classify_cause(cause: str) -> tuple[str, str]:
-    """(diagnosis key, probe reason) for a transport cause; ("transport", "") when nothing matches."""
-    for pattern, diagnosis, reason in CAUSES:
-        if re.search(pattern, cause):
-            return diagnosis, reason.value
-    return "transport", ""
+    """(diagnosis key, probe reason) for a transport cause, from the one wording table (`exporter.reasons`);
+    ("transport", "") when no wording there matches."""
+    wording = recognise(cause)
+    return (wording.diagnosis, wording.reason.value) if wording is not None else ("transport", "")
 
 
 def parse_error(text: str) -> Parsed:

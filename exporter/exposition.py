@@ -36,14 +36,21 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+# The only types our collector yields, and the only ones the comparison test checks against prometheus_client.
+RENDERED_TYPES = ("counter", "gauge")
+
+
 def render(families: Iterable[Metric]) -> bytes:
+    """The text exposition of `families`; a family of another type is refused, not rendered as `untyped`."""
     lines: list[str] = []
     append = lines.append
     for family in families:
+        if family.type not in RENDERED_TYPES:
+            raise ValueError(f"{family.name}: the fast renderer renders {' and '.join(RENDERED_TYPES)} families, "
+                             f"not {family.type!r}")
         name = family.name + ("_total" if family.type == "counter" else "")
-        kind = family.type if family.type in ("counter", "gauge", "histogram", "summary") else "untyped"
         append(f"# HELP {name} {_escape_help(family.documentation)}")
-        append(f"# TYPE {name} {kind}")
+        append(f"# TYPE {name} {family.type}")
         for sample in family.samples:
             labels = sample.labels
             if labels:

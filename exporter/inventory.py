@@ -86,16 +86,25 @@ class ParseCache:
 
 def build_inventory(objects: Iterable[SourcedObject], *, now: float | None = None,
                     cache: ParseCache | None = None) -> Inventory:
-    webhooks: list[Webhook] = []
+    webhooks: dict[tuple[str, str], tuple[str, Parsed]] = {}  # (kind, name) -> (source, parsed)
     services: dict[tuple[str, str], Service] = {}
     slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
     namespaces: dict[str, Namespace] = {}
     invalid: list[InvalidObject] = []
     for obj in objects:
-        if object_kind(obj.raw) not in SUPPORTED_KINDS:
+        kind = object_kind(obj.raw)
+        if kind not in SUPPORTED_KINDS:
             continue
         parsed = cache.parse(obj) if cache is not None else parse_object(obj)
-        webhooks.extend(parsed.webhooks)
+        if kind in WEBHOOK_KINDS and (name := object_name(obj.raw)):
+            # The API holds one object per kind and name; manifests can hold two. The later one is used whole
+            # (never a mix of both), and the earlier one is reported as one skipped object.
+            earlier = webhooks.pop((kind, name), None)
+            if earlier is not None:
+                invalid.append(InvalidObject(source=earlier[0], kind=kind, name=name,
+                                             reason=f"defined again in {obj.source}; the later definition is used"))
+            webhooks[(kind, name)] = (obj.source, parsed)
+            continue
         invalid.extend(parsed.invalid)
         if parsed.service is not None:
             services[(parsed.service.namespace, parsed.service.name)] = parsed.service
@@ -106,17 +115,11 @@ def build_inventory(objects: Iterable[SourcedObject], *, now: float | None = Non
             namespaces[parsed.namespace.name] = parsed.namespace
     if cache is not None:
         cache.finish_build()
-    # Two configurations of different kinds may share a name; (configuration, name, type) stays unique.
-    unique: dict[object, Webhook] = {}
-    for hook in webhooks:
-        if hook.key in unique:
-            invalid.append(
-                InvalidObject(source="inventory", kind="webhook", name=f"{hook.key.configuration}/{hook.key.name}",
-                              reason="duplicate webhook: the same configuration is defined twice; keeping the last")
-            )
-        unique[hook.key] = hook
+    for _, parsed in webhooks.values():
+        invalid.extend(parsed.invalid)
     return Inventory(
-        webhooks=tuple(sorted(unique.values(), key=lambda h: h.key)),
+        webhooks=tuple(sorted((hook for _, parsed in webhooks.values() for hook in parsed.webhooks),
+                              key=lambda h: h.key)),
         services=services,
         endpoint_slices={k: tuple(sorted(v, key=lambda s: s.name)) for k, v in slices.items()},
         namespaces=namespaces,

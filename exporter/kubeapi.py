@@ -13,14 +13,22 @@ import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
-from .kubeconfig import Credentials as Credentials  # re-exported: callers build them by hand in tests
+# Credentials come from kubeconfig.py (re-exported: callers build them by hand in tests).
+from .kubeconfig import Credentials as Credentials
 from .kubeconfig import load_credentials as load_credentials
+
+# The resources discovery lists and watches, from the one table (re-exported: callers import them from here).
+from .resources import ENDPOINT_SLICES as ENDPOINT_SLICES
+from .resources import MUTATING_CONFIGS as MUTATING_CONFIGS
+from .resources import NAMESPACES as NAMESPACES
+from .resources import SERVICES as SERVICES
+from .resources import VALIDATING_CONFIGS as VALIDATING_CONFIGS
+from .resources import Resource as Resource
 
 LIST_PAGE_SIZE = 500  # what kubectl uses: bounded memory per page on both sides
 # TCP connect + TLS handshake of a new connection, as client-go's TLSHandshakeTimeout: a watch retried into a
@@ -45,27 +53,6 @@ class ApiError(Exception):
 
 class Gone(ApiError):
     """410: the resourceVersion we resume from was compacted away; a fresh list is needed."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    group: str  # "" for the core group
-    version: str
-    plural: str
-    kind: str
-
-    def path(self, namespace: str | None = None) -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
-
-
-VALIDATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-                              "ValidatingWebhookConfiguration")
-MUTATING_CONFIGS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-                            "MutatingWebhookConfiguration")
-SERVICES = Resource("", "v1", "services", "Service")
-NAMESPACES = Resource("", "v1", "namespaces", "Namespace")
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
 
 class KubeApi:
@@ -147,6 +134,26 @@ class KubeApi:
             cont = meta.get("continue") or ""
             if not cont:
                 return items, str(meta.get("resourceVersion", ""))
+
+    async def dry_run_create(self, resource: Resource, body: Mapping[str, Any], *, namespace: str | None = None,
+                             request_seconds: float = 60) -> tuple[int, Any]:
+        """POST `body` with `dryRun=All`: admitted and validated, webhooks called, nothing stored.
+
+        There is no other write here, and no switch to turn the dry run off: the exporter never writes. The
+        answer is returned, never raised (a refusal is what the caller came to read): the HTTP status and the
+        decoded body (the object, or the apiserver's `Status`; the raw text when it is not JSON).
+        """
+        self.requests[("create", resource.plural)] += 1
+        url = f"{self._creds.server}{resource.path(namespace)}?{urlencode({'dryRun': 'All'})}"
+        headers = {**await self._headers(), "Content-Type": "application/json"}
+        async with self._client().post(url, data=json.dumps(body), headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=request_seconds,
+                                                                     sock_connect=CONNECT_SECONDS)) as response:
+            text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text
 
     async def watch(self, resource: Resource, *, resource_version: str, namespace: str | None = None,
                     label_selector: str | None = None, server_timeout: int = 290, idle_timeout: float = 330,

@@ -155,13 +155,33 @@ class Namespace:
 
 
 @dataclass(frozen=True)
+class SkippedWebhook:
+    """One webhook left out of a configuration whose other webhooks are used."""
+
+    name: str  # "" when the webhook has none
+    index: int  # its position in `webhooks`
+    reason: str  # the field and the problem, e.g. "timeoutSeconds 99 is outside 1-30"
+
+    @property
+    def label(self) -> str:
+        """How a message names it: `webhook 'name'`, or `webhooks[2]` when it has no name."""
+        return f"webhook {self.name!r}" if self.name else f"webhooks[{self.index}]"
+
+
+@dataclass(frozen=True)
 class InvalidObject:
-    """An object that could not be used, and why: reported as a log line and a metric, never a crash."""
+    """An object that is malformed in whole or in part, and why: reported, never a crash.
+
+    With `webhooks` empty the whole object was skipped. Otherwise only those webhooks of a configuration
+    were, and its others are used. Either way it is one object: `admission_webhook_exporter_inventory_invalid_
+    objects` counts these, not webhooks.
+    """
 
     source: str  # file path, or "api"
     kind: str
     name: str
-    reason: str
+    reason: str  # for a partly skipped configuration: each skipped webhook with its reason
+    webhooks: tuple[SkippedWebhook, ...] = ()
 
 
 @dataclass(frozen=True)

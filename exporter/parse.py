@@ -27,6 +27,7 @@ from .model import (
     Service,
     ServicePort,
     ServiceReference,
+    SkippedWebhook,
     Webhook,
     WebhookKey,
 )
@@ -129,82 +130,88 @@ def _parse_rules(raw: Any, where: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_webhook(raw: Any, *, configuration: str, kind: str, index: int) -> Webhook:
-    where = f"webhooks[{index}]"
-    hook = _mapping(raw, where)
-    name = _str(hook.get("name"), f"{where}.name", required=True)
-    where = f"webhook {name!r}"
-    client = _mapping(hook.get("clientConfig"), f"{where}: clientConfig")
+def parse_webhook(raw: Any, *, configuration: str, kind: str) -> Webhook:
+    """One webhook; a `ParseError` names the field relative to the webhook (the caller names the webhook)."""
+    hook = _mapping(raw, "the webhook")
+    name = _str(hook.get("name"), "name", required=True)
+    client = _mapping(hook.get("clientConfig"), "clientConfig")
     svc_raw = client.get("service")
-    url = _str(client.get("url"), f"{where}: clientConfig.url") or None
+    url = _str(client.get("url"), "clientConfig.url") or None
     service = None
     if svc_raw is not None:
-        svc = _mapping(svc_raw, f"{where}: clientConfig.service")
-        port = _int(svc.get("port"), f"{where}: clientConfig.service.port", default=DEFAULT_SERVICE_PORT)
+        svc = _mapping(svc_raw, "clientConfig.service")
+        port = _int(svc.get("port"), "clientConfig.service.port", default=DEFAULT_SERVICE_PORT)
         if not 1 <= port <= 65535:
-            raise ParseError(f"{where}: clientConfig.service.port {port} is outside 1-65535")
+            raise ParseError(f"clientConfig.service.port {port} is outside 1-65535")
         service = ServiceReference(
-            namespace=_str(svc.get("namespace"), f"{where}: clientConfig.service.namespace", required=True),
-            name=_str(svc.get("name"), f"{where}: clientConfig.service.name", required=True),
+            namespace=_str(svc.get("namespace"), "clientConfig.service.namespace", required=True),
+            name=_str(svc.get("name"), "clientConfig.service.name", required=True),
             port=port,
-            path=_str(svc.get("path"), f"{where}: clientConfig.service.path") or None,
+            path=_str(svc.get("path"), "clientConfig.service.path") or None,
         )
     if (service is None) == (url is None):
-        raise ParseError(f"{where}: clientConfig needs exactly one of url or service")
-    policy = _str(hook.get("failurePolicy"), f"{where}: failurePolicy", default="Fail")
+        raise ParseError("clientConfig needs exactly one of url or service")
+    policy = _str(hook.get("failurePolicy"), "failurePolicy", default="Fail")
     if policy not in ("Fail", "Ignore"):
-        raise ParseError(f"{where}: failurePolicy {policy!r} is not Fail or Ignore")
-    timeout = _int(hook.get("timeoutSeconds"), f"{where}: timeoutSeconds", default=DEFAULT_TIMEOUT_SECONDS)
+        raise ParseError(f"failurePolicy {policy!r} is not Fail or Ignore")
+    timeout = _int(hook.get("timeoutSeconds"), "timeoutSeconds", default=DEFAULT_TIMEOUT_SECONDS)
     if not 1 <= timeout <= 30:
-        raise ParseError(f"{where}: timeoutSeconds {timeout} is outside 1-30")
+        raise ParseError(f"timeoutSeconds {timeout} is outside 1-30")
     conditions = []
-    for i, item in enumerate(_list(hook.get("matchConditions"), f"{where}: matchConditions")):
-        cond = _mapping(item, f"{where}: matchConditions[{i}]")
+    for i, item in enumerate(_list(hook.get("matchConditions"), "matchConditions")):
+        cond = _mapping(item, f"matchConditions[{i}]")
         conditions.append(
             MatchCondition(
-                name=_str(cond.get("name"), f"{where}: matchConditions[{i}].name", required=True),
-                expression=_str(cond.get("expression"), f"{where}: matchConditions[{i}].expression", required=True),
+                name=_str(cond.get("name"), f"matchConditions[{i}].name", required=True),
+                expression=_str(cond.get("expression"), f"matchConditions[{i}].expression", required=True),
             )
         )
     return Webhook(
         key=WebhookKey(configuration=configuration, name=name, type=KIND_TO_TYPE[kind]),
         failure_policy=policy,
-        side_effects=_str(hook.get("sideEffects"), f"{where}: sideEffects"),
-        match_policy=_str(hook.get("matchPolicy"), f"{where}: matchPolicy", default="Equivalent"),
+        side_effects=_str(hook.get("sideEffects"), "sideEffects"),
+        match_policy=_str(hook.get("matchPolicy"), "matchPolicy", default="Equivalent"),
         timeout_seconds=timeout,
-        admission_review_versions=_strings(hook.get("admissionReviewVersions"), f"{where}: admissionReviewVersions")
+        admission_review_versions=_strings(hook.get("admissionReviewVersions"), "admissionReviewVersions")
         or ("v1",),
         service=service,
         url=url,
-        ca_bundle=_str(client.get("caBundle"), f"{where}: clientConfig.caBundle"),
-        rules=_parse_rules(hook.get("rules"), f"{where}: rules"),
-        namespace_selector=parse_label_selector(hook.get("namespaceSelector"), f"{where}: namespaceSelector"),
-        object_selector=parse_label_selector(hook.get("objectSelector"), f"{where}: objectSelector"),
+        ca_bundle=_str(client.get("caBundle"), "clientConfig.caBundle"),
+        rules=_parse_rules(hook.get("rules"), "rules"),
+        namespace_selector=parse_label_selector(hook.get("namespaceSelector"), "namespaceSelector"),
+        object_selector=parse_label_selector(hook.get("objectSelector"), "objectSelector"),
         match_conditions=tuple(conditions),
-        reinvocation_policy=_str(hook.get("reinvocationPolicy"), f"{where}: reinvocationPolicy",
+        reinvocation_policy=_str(hook.get("reinvocationPolicy"), "reinvocationPolicy",
                                  default="Never" if KIND_TO_TYPE[kind] == "admit" else ""),
     )
 
 
 def parse_webhook_configuration(raw: RawObject, *, source: str) -> tuple[list[Webhook], list[InvalidObject]]:
-    """All usable webhooks of one configuration, plus one InvalidObject per webhook that is not."""
+    """All usable webhooks of one configuration and, when some are not, one InvalidObject naming each of them.
+
+    One per configuration, not per webhook: `inventory_invalid_objects` counts objects.
+    """
     kind = object_kind(raw)
     name = object_name(raw)
     if not name:
         raise ParseError(f"{kind} without metadata.name")
     webhooks: list[Webhook] = []
-    invalid: list[InvalidObject] = []
+    skipped: list[SkippedWebhook] = []
     seen: set[str] = set()
     for i, item in enumerate(_list(raw.get("webhooks"), "webhooks")):
+        given = item.get("name") if isinstance(item, Mapping) else None
         try:
-            hook = parse_webhook(item, configuration=name, kind=kind, index=i)
+            hook = parse_webhook(item, configuration=name, kind=kind)
             if hook.key.name in seen:
-                raise ParseError(f"webhook {hook.key.name!r} appears twice in the configuration")
+                raise ParseError("appears twice in the configuration")
             seen.add(hook.key.name)
             webhooks.append(hook)
         except ParseError as err:
-            invalid.append(InvalidObject(source=source, kind=kind, name=name, reason=str(err)))
-    return webhooks, invalid
+            skipped.append(SkippedWebhook(name=given if isinstance(given, str) else "", index=i, reason=str(err)))
+    if not skipped:
+        return webhooks, []
+    reason = "; ".join(f"{w.label}: {w.reason}" for w in skipped)
+    return webhooks, [InvalidObject(source=source, kind=kind, name=name, reason=reason, webhooks=tuple(skipped))]
 
 
 def _target_port(value: Any, where: str) -> int | str | None:

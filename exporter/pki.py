@@ -1,7 +1,9 @@
-"""Make certificate authorities and serving certificates with `cryptography`.
+"""Make certificate authorities and certificates with `cryptography`: the one PKI of the project.
 
-Used by `demo` (local backends with healthy, expiring and drifted certificates) and by the tests; never by
-the probe path.
+Used by `demo` (local backends with healthy, expiring and drifted certificates), by the control-plane harness
+(the apiserver's serving certificate, client certificates) and by the tests (intermediates, certificates with
+odd extensions); never by the probe path. Every certificate is built by `_certificate`, so the extensions a
+CA or a leaf carries are written once.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
@@ -21,13 +25,14 @@ KeyType = Literal["ecdsa", "rsa"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
-def _new_key(key_type: KeyType) -> PrivateKey:
+def new_key(key_type: KeyType = "ecdsa") -> PrivateKey:
+    """ECDSA P-256 by default: fast to generate, accepted by Go and OpenSSL."""
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: PrivateKey) -> bytes:
+def key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -37,7 +42,7 @@ def _window(valid_from: dt.datetime | None, valid_until: dt.datetime | None) -> 
     return valid_from or now - dt.timedelta(hours=1), valid_until or now + dt.timedelta(days=365)
 
 
-def subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
+def subject_alt_names(names: Sequence[str]) -> list[x509.GeneralName]:
     """IP SANs for what parses as an address, DNS SANs for the rest."""
     sans: list[x509.GeneralName] = []
     for n in names:
@@ -48,21 +53,79 @@ def subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
     return sans
 
 
+def _key_usage(*, ca: bool, rsa_key: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf signs handshakes, and an RSA leaf may also be sent a key
+    (TLS 1.2 RSA key exchange), as cert-manager issues them."""
+    return x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca, key_encipherment=rsa_key and not ca,
+                         content_commitment=False, data_encipherment=False, key_agreement=False,
+                         encipher_only=False, decipher_only=False)
+
+
+def _certificate(subject: str, key: PrivateKey, *, issuer: CertificateAuthority | None, ca: bool,
+                 start: dt.datetime, end: dt.datetime, usages: Sequence[x509.ObjectIdentifier] = (),
+                 names: Sequence[str] = (), extensions: Sequence[x509.ExtensionType] = ()) -> x509.Certificate:
+    """One certificate for `key`: self-signed when `issuer` is None, else signed by it."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    signer = issuer.key if issuer is not None else key
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer.cert.subject if issuer else name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=ca, rsa_key=isinstance(key, rsa.RSAPrivateKey)), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                        critical=False)
+    if issuer is not None:
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+                                        critical=False)
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    if sans := subject_alt_names(names):
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
 @dataclass(frozen=True)
 class ServingCertificate:
+    """A leaf (serving or client) with its key, as a TLS server or client loads them."""
+
     cert: x509.Certificate
     cert_pem: bytes  # the leaf, followed by any intermediates
     key_pem: bytes
 
+    def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
+        return write_pair(directory, stem, self.cert_pem, self.key_pem)
+
+
+def write_pair(directory: Path, stem: str, cert_pem: bytes, private_pem: bytes) -> tuple[Path, Path]:
+    """Write `stem.crt` and `stem.key` (mode 0600 before the key is in it); returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+    crt.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(private_pem)
+    return crt, key
+
 
 @dataclass(frozen=True)
 class CertificateAuthority:
+    """A root, or an intermediate below one (`intermediate()`): it issues leaves and further intermediates."""
+
     cert: x509.Certificate
     key: PrivateKey
+    chain_pem: bytes = b""  # an intermediate's own certificate and those above it, served after each leaf
 
     @property
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return key_pem(self.key)
 
     @property
     def ca_bundle(self) -> str:
@@ -72,38 +135,31 @@ class CertificateAuthority:
     @classmethod
     def create(cls, common_name: str = "admission-webhook-exporter test CA", *, key_type: KeyType = "ecdsa",
                valid_from: dt.datetime | None = None, valid_until: dt.datetime | None = None) -> CertificateAuthority:
-        key = _new_key(key_type)
+        key = new_key(key_type)
         start, end = _window(valid_from, valid_until)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(cert=cert, key=key)
+        return cls(cert=_certificate(common_name, key, issuer=None, ca=True, start=start, end=end), key=key)
 
-    def issue(self, names: list[str], *, key_type: KeyType = "ecdsa", valid_from: dt.datetime | None = None,
-              valid_until: dt.datetime | None = None, common_name: str | None = None) -> ServingCertificate:
-        """A serving certificate for DNS names and IP addresses (as SANs), signed by this CA."""
-        key = _new_key(key_type)
+    def intermediate(self, common_name: str, *, key_type: KeyType = "ecdsa", valid_from: dt.datetime | None = None,
+                     valid_until: dt.datetime | None = None) -> CertificateAuthority:
+        """A CA signed by this one; the leaves it issues carry it (and this CA's own chain) after them."""
+        key = new_key(key_type)
         start, end = _window(valid_from, valid_until)
-        sans = subject_alt_names(names)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or (names or ["x"])[0])]))
-            .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return ServingCertificate(cert=cert, cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-                                  key_pem=_key_pem(key))
+        cert = _certificate(common_name, key, issuer=self, ca=True, start=start, end=end)
+        return CertificateAuthority(cert=cert, key=key,
+                                    chain_pem=cert.public_bytes(serialization.Encoding.PEM) + self.chain_pem)
+
+    def issue(self, names: Sequence[str], *, key_type: KeyType = "ecdsa", valid_from: dt.datetime | None = None,
+              valid_until: dt.datetime | None = None, common_name: str | None = None, server: bool = True,
+              client: bool = False, extensions: Sequence[x509.ExtensionType] = ()) -> ServingCertificate:
+        """A leaf for DNS names and IP addresses (as SANs), signed by this CA.
+
+        `server`/`client` set the extended key usages (TLS server and client authentication); `extensions` are
+        added as they are, non-critical (a test's private extension, for instance).
+        """
+        key = new_key(key_type)
+        start, end = _window(valid_from, valid_until)
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+        cert = _certificate(common_name or (list(names) or ["x"])[0], key, issuer=self, ca=False, start=start,
+                            end=end, usages=usages, names=names, extensions=extensions)
+        return ServingCertificate(cert=cert, cert_pem=cert.public_bytes(serialization.Encoding.PEM) + self.chain_pem,
+                                  key_pem=key_pem(key))

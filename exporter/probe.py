@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import certs
+from . import certs, reasons, resources
 from .reasons import Reason
 from .targets import ReviewSpec, Target
 
@@ -78,16 +78,30 @@ def inspecting_context() -> ssl.SSLContext:
     return ctx
 
 
+# Go's resolver says "no such host" for a name that does not exist; glibc says "Name or service not known".
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+_UNREACHABLE = {errno.EHOSTUNREACH: reasons.NO_ROUTE, errno.ENETUNREACH: reasons.NETWORK_UNREACHABLE,
+                errno.EADDRNOTAVAIL: reasons.ADDRESS_UNAVAILABLE}
+
+
+def _go_error_text(err: OSError) -> str:
+    """An errno in Go's words: the C library's, lower-cased ("no route to host", not "No route to host")."""
+    text = err.strerror or str(err)
+    return text[:1].lower() + text[1:]
+
+
 def _classify_os_error(err: OSError, host: str, port: int) -> ProbeFailure:
-    dial = f"dial tcp {host}:{port}"
+    address = f"{host}:{port}"
     if isinstance(err, socket.gaierror):
-        return ProbeFailure(Reason.DNS, f"dial tcp: lookup {host}: {err.strerror or err}")
+        if err.errno in _NO_SUCH_HOST:
+            return ProbeFailure(Reason.DNS, reasons.NO_SUCH_HOST.format(host=host))
+        return ProbeFailure(Reason.DNS, reasons.LOOKUP.format(host=host, error=_go_error_text(err)))
     if isinstance(err, ConnectionRefusedError) or err.errno == errno.ECONNREFUSED:
-        return ProbeFailure(Reason.CONNECTION_REFUSED, f"{dial}: connect: connection refused")
-    if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
-        return ProbeFailure(Reason.UNREACHABLE, f"{dial}: connect: {err.strerror}")
+        return ProbeFailure(Reason.CONNECTION_REFUSED, reasons.REFUSED.format(address=address))
+    if (unreachable := _UNREACHABLE.get(err.errno or 0)) is not None:
+        return ProbeFailure(unreachable.reason, unreachable.format(address=address))
     return ProbeFailure(Reason.CONNECTION_REFUSED if err.errno is None else Reason.UNREACHABLE,
-                        f"{dial}: connect: {err.strerror or err}")
+                        f"dial tcp {address}: connect: {_go_error_text(err)}")
 
 
 async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -123,22 +137,18 @@ def _judge_leaf(leaf_der: bytes | None, target: Target, now: float) -> tuple[flo
     expiry = certs.not_after(leaf)
     validity = certs.validity_failure(leaf, now)
     if validity is not None:
-        relation = "after" if validity is Reason.X509_EXPIRED else "before"
+        words = reasons.EXPIRED if validity is Reason.X509_EXPIRED else reasons.NOT_YET_VALID
         bound = expiry if validity is Reason.X509_EXPIRED else leaf.not_valid_before_utc.timestamp()
         return expiry, ProbeFailure(
-            validity,
-            f"x509: certificate has expired or is not yet valid: current time {certs.utc_text(now)} is "
-            f"{relation} {certs.utc_text(bound)}",
+            validity, words.format(now=certs.utc_text(now), bound=certs.utc_text(bound)), expiry,
         )
     mismatch = certs.hostname_failure(leaf, target.server_name)
     if mismatch is not None:
-        return expiry, ProbeFailure(Reason.X509_HOSTNAME_MISMATCH, mismatch)
+        return expiry, ProbeFailure(Reason.X509_HOSTNAME_MISMATCH, mismatch, expiry)
     return expiry, None
 
 
-async def _handshake(
-    target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> tuple[float | None, asyncio.StreamWriter]:
+async def _handshake(target: Target, writer: asyncio.StreamWriter) -> tuple[float | None, asyncio.StreamWriter]:
     try:
         await writer.start_tls(verifying_context(target.ca_pem), server_hostname=_server_hostname(target))
     except ssl.SSLCertVerificationError as err:
@@ -150,20 +160,18 @@ async def _handshake(
             leaf = None
         expiry, leaf_failure = _judge_leaf(leaf, target, time.time())
         if leaf_failure is not None:
-            leaf_failure.cert_not_after = expiry
             raise leaf_failure from err
         raise ProbeFailure(chain_reason, _chain_wording(chain_reason, err), expiry) from err
     except ssl.SSLError as err:
         raise ProbeFailure(Reason.TLS_HANDSHAKE, tls_wording(err)) from err
     except ConnectionResetError as err:
-        raise ProbeFailure(Reason.TLS_HANDSHAKE, "read: connection reset by peer") from err
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, reasons.RESET.says) from err
     except (ConnectionError, asyncio.IncompleteReadError, EOFError) as err:
-        raise ProbeFailure(Reason.TLS_HANDSHAKE, "EOF") from err  # the peer hung up mid-handshake
+        raise ProbeFailure(Reason.TLS_HANDSHAKE, reasons.HANDSHAKE_EOF.says) from err
     ssl_object = writer.get_extra_info("ssl_object")
     leaf = ssl_object.getpeercert(binary_form=True) if ssl_object else None
     expiry, failure = _judge_leaf(leaf, target, time.time())
     if failure is not None:
-        failure.cert_not_after = expiry
         raise failure
     return expiry, writer
 
@@ -172,41 +180,24 @@ def tls_wording(err: ssl.SSLError) -> str:
     """A handshake error in the words Go's crypto/tls (so the apiserver) uses, where OpenSSL's differ."""
     reason = err.reason or ""
     if reason == "WRONG_VERSION_NUMBER":  # the peer answered with something that is not TLS
-        return "tls: first record does not look like a TLS handshake"
+        return reasons.FIRST_RECORD.says
     if reason.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_")):  # an alert the peer sent
         alert = reason.split("_ALERT_", 1)[1].lower().replace("_", " ")
-        return f"remote error: tls: {alert}"
-    return f"tls: {reason or err}"
+        return reasons.REMOTE_ERROR.format(alert=alert)
+    return reasons.TLS_ERROR.format(error=reason or err)
 
 
 def _chain_wording(reason: Reason, err: ssl.SSLCertVerificationError) -> str:
     if reason is Reason.X509_UNKNOWN_AUTHORITY:
-        return f"x509: certificate signed by unknown authority ({err.verify_message})"
+        return f"{reasons.UNKNOWN_AUTHORITY.says} ({err.verify_message})"
     if reason is Reason.X509_EXPIRED:
         return f"x509: certificate has expired or is not yet valid: {err.verify_message} (in the chain)"
     return f"x509: {err.verify_message}"
 
 
-_KINDS = {
-    "pods": "Pod", "configmaps": "ConfigMap", "secrets": "Secret", "services": "Service",
-    "namespaces": "Namespace", "deployments": "Deployment", "statefulsets": "StatefulSet",
-    "daemonsets": "DaemonSet", "replicasets": "ReplicaSet", "jobs": "Job", "cronjobs": "CronJob",
-    "ingresses": "Ingress", "nodes": "Node", "endpoints": "Endpoints", "endpointslices": "EndpointSlice",
-    "ipaddresses": "IPAddress", "servicecidrs": "ServiceCIDR", "leases": "Lease",
-    "serviceaccounts": "ServiceAccount", "persistentvolumeclaims": "PersistentVolumeClaim",
-}
-
-
-def _kind_for(resource: str) -> str:
-    if resource in _KINDS:
-        return _KINDS[resource]
-    singular = resource[:-1] if resource.endswith("s") else resource
-    return singular[:1].upper() + singular[1:]
-
-
 def admission_review(spec: ReviewSpec, uid: str) -> dict[str, Any]:
     """A dry-run AdmissionReview for a throw-away object: nothing is stored, and side effects are off."""
-    kind = _kind_for(spec.resource)
+    kind = resources.kind_of(spec.resource)
     api_version = f"{spec.group}/{spec.api_version}" if spec.group else spec.api_version
     namespace = "default" if spec.namespaced else ""
     metadata: dict[str, Any] = {"name": "admission-webhook-exporter-probe",
@@ -249,7 +240,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
             if size == 0:
                 return bytes(body)
             if len(body) + size > MAX_BODY_BYTES:
-                raise ProbeFailure(Reason.HTTP_ERROR, f"response body larger than {MAX_BODY_BYTES} bytes")
+                raise ProbeFailure(Reason.HTTP_ERROR, reasons.BODY_TOO_LARGE.format(limit=MAX_BODY_BYTES))
             body += await reader.readexactly(size)
             await reader.readexactly(2)
     if "content-length" in headers:
@@ -264,7 +255,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
             break
         data += more
     if len(data) > MAX_BODY_BYTES:
-        raise ProbeFailure(Reason.HTTP_ERROR, f"response body larger than {MAX_BODY_BYTES} bytes")
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.BODY_TOO_LARGE.format(limit=MAX_BODY_BYTES))
     return data
 
 
@@ -284,11 +275,11 @@ async def _post_review(
     try:
         raw_head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError as err:
-        raise ProbeFailure(Reason.HTTP_ERROR, f"response headers larger than {MAX_HEADER_BYTES} bytes") from err
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.HEADERS_TOO_LARGE.format(limit=MAX_HEADER_BYTES)) from err
     lines = raw_head.decode("latin-1").split("\r\n")
     status_parts = lines[0].split(" ", 2)
     if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/") or not status_parts[1].isdigit():
-        raise ProbeFailure(Reason.HTTP_ERROR, f"malformed HTTP response: {lines[0][:80]!r}")
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.MALFORMED.format(line=repr(lines[0][:80])))
     status = int(status_parts[1])
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -298,16 +289,17 @@ async def _post_review(
     payload = await _read_body(reader, headers)
     if not 200 <= status < 300:
         snippet = payload[:200].decode("utf-8", errors="replace")
-        raise ProbeFailure(Reason.HTTP_ERROR, f"the server responded with status {status}: {snippet}")
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.STATUS.format(status=status, body=snippet))
     try:
         review = json.loads(payload)
     except ValueError as err:
-        raise ProbeFailure(Reason.HTTP_ERROR, f"response is not JSON: {err}") from err
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.NOT_JSON.format(error=err)) from err
     response = review.get("response") if isinstance(review, dict) else None
     if not isinstance(review, dict) or review.get("kind") != "AdmissionReview" or not isinstance(response, dict):
-        raise ProbeFailure(Reason.HTTP_ERROR, "response is not an AdmissionReview")
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.NOT_A_REVIEW.says)
     if response.get("uid") != uid:
-        raise ProbeFailure(Reason.HTTP_ERROR, f"expected response.uid={uid!r}, got {response.get('uid')!r}")
+        got = repr(response.get("uid"))
+        raise ProbeFailure(Reason.HTTP_ERROR, reasons.WRONG_UID.format(expected=repr(uid), got=got))
     return status
 
 
@@ -320,17 +312,17 @@ async def probe(target: Target) -> ProbeResult:
     try:
         async with asyncio.timeout(target.timeout_seconds):
             reader, writer = await _connect(target)
-            expiry, writer = await _handshake(target, reader, writer)
+            expiry, writer = await _handshake(target, writer)
             if target.review is not None:
                 status = await _post_review(target, target.review, reader, writer)
     except ProbeFailure as failure:
         return _result(False, failure.reason, failure.detail, started, failure.cert_not_after or expiry, status)
     except TimeoutError:
         return _result(False, Reason.TIMEOUT,
-                       f"context deadline exceeded (no answer within {target.timeout_seconds:g}s)",
+                       f"{reasons.DEADLINE.says} (no answer within {target.timeout_seconds:g}s)",
                        started, expiry, status)
     except (asyncio.IncompleteReadError, ConnectionError, EOFError) as err:
-        return _result(False, Reason.HTTP_ERROR, f"connection closed before a full response: {err}",
+        return _result(False, Reason.HTTP_ERROR, reasons.CLOSED_EARLY.format(error=err),
                        started, expiry, status)
     except (OSError, ssl.SSLError, ValueError, UnicodeError) as err:
         return _result(False, Reason.HTTP_ERROR, f"{type(err).__name__}: {err}", started, expiry, status)

@@ -1,8 +1,12 @@
 """Run every target's probe on its own schedule, in one bounded pool.
 
-Each target gets a small task: probe at once, then every `interval` seconds with jitter (so a thousand
-targets added together do not stay in lock-step). A semaphore bounds how many probes are in flight. When
-the plans change, only the targets that changed are restarted, and they are probed at once.
+Each target gets a small task: probe at once, then `interval` seconds (with jitter, so a thousand targets
+added together do not stay in lock-step) after each probe ends. A semaphore bounds how many probes are in
+flight. When the plans change, only the targets that changed are restarted, and they are probed at once.
+
+The scheduler reads time only through its `clock` and waits only through its `sleep` (both injectable), so a
+test can drive a schedule deterministically; it exposes plain data: the targets, when each is next due, and
+counts of probes run.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from .log import event
 from .probe import ProbeResult, probe
@@ -22,10 +28,24 @@ from .targets import Target, TargetKey, WebhookPlan
 log = logging.getLogger("exporter.scheduler")
 
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
-class ProbeStats:
-    """Counters of probes run; read by the collector, written only from the event loop."""
+@dataclass(frozen=True)
+class ProbeCounts:
+    """Probes run since start: by result (`success`, `failure`) and failures by reason, every reason present."""
+
+    by_result: Mapping[str, int]
+    failures: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_result.values())
+
+
+class _Counts:
+    """The counters behind `ProbeCounts`; written only from the event loop."""
 
     def __init__(self) -> None:
         self.by_result: Counter[str] = Counter({"success": 0, "failure": 0})
@@ -35,6 +55,10 @@ class ProbeStats:
         self.by_result["success" if result.success else "failure"] += 1
         if result.reason is not None:
             self.failures[result.reason.value] += 1
+
+    def read(self) -> ProbeCounts:
+        # dict() of a dict is one C-level copy: whole under the GIL when read from a scrape's worker thread.
+        return ProbeCounts(by_result=dict(self.by_result), failures=dict(self.failures))
 
 
 def targets_of(plans: Iterable[WebhookPlan]) -> dict[TargetKey, Target]:
@@ -46,20 +70,24 @@ class ProbeScheduler:
         self,
         *,
         results: ResultStore,
-        stats: ProbeStats | None = None,
         probe_fn: ProbeFn = probe,
         concurrency: int = 64,
         interval: float = 30.0,
         jitter: float = 0.1,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._results = results
-        self.stats = stats or ProbeStats()
+        self._counts = _Counts()
         self._probe = probe_fn
         self._semaphore = asyncio.Semaphore(concurrency)
         self._interval = interval
         self._jitter = jitter
+        self._clock = clock
+        self._sleep = sleep
+        self._due: dict[TargetKey, float] = {}
         self._targets: dict[TargetKey, Target] = {}
         self._tasks: dict[TargetKey, asyncio.Task[None]] = {}
         self._awaiting_first: set[TargetKey] = set()
@@ -69,6 +97,13 @@ class ProbeScheduler:
     @property
     def targets(self) -> Mapping[TargetKey, Target]:
         return self._targets
+
+    def due(self) -> Mapping[TargetKey, float]:
+        """When each target's next probe is due, on the scheduler's clock (absent while it is being probed)."""
+        return dict(self._due)
+
+    def counts(self) -> ProbeCounts:
+        return self._counts.read()
 
     @property
     def first_round_done(self) -> bool:
@@ -83,6 +118,7 @@ class ProbeScheduler:
         for key in [k for k in self._targets if k not in wanted or wanted[k] != self._targets[k]]:
             self._tasks.pop(key).cancel()
             self._awaiting_first.discard(key)
+            self._due.pop(key, None)
             del self._targets[key]
         for key, target in wanted.items():
             if key not in self._targets:
@@ -101,7 +137,7 @@ class ProbeScheduler:
         if self._targets.get(target.key) is not target:
             return  # replaced while in flight: the newer target's result wins
         self._results.put(target.key, result)
-        self.stats.record(result)
+        self._counts.record(result)
         self._awaiting_first.discard(target.key)
         if not self._awaiting_first:
             self._first_round.set()
@@ -111,15 +147,19 @@ class ProbeScheduler:
                   reason=result.reason, duration=f"{result.duration_seconds:.3f}", detail=result.detail)
 
     async def _run(self, target: Target) -> None:
+        key = target.key
         while True:
+            self._due.pop(key, None)
             try:
                 await self._probe_once(target)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in a probe must not end this target's schedule
-                log.exception("probe_crashed", extra={"awe_fields": {"endpoint": target.key.endpoint}})
+                log.exception("probe_crashed", extra={"awe_fields": {"endpoint": key.endpoint}})
             spread = self._interval * self._jitter
-            await asyncio.sleep(max(0.0, self._interval + random.uniform(-spread, spread)))
+            delay = max(0.0, self._interval + random.uniform(-spread, spread))
+            self._due[key] = self._clock() + delay
+            await self._sleep(delay)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -128,6 +168,7 @@ class ProbeScheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._targets.clear()
+        self._due.clear()
 
 
 async def probe_once(

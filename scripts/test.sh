@@ -14,13 +14,15 @@ step "python environment ($VENV)"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 for installer in tests/controlplane/install.sh tests/helm/install.sh tests/node/install-packages.sh \
-                 alerts/install-promtool.sh tests/image/build.sh tests/monitoring/install.sh; do
+                 alerts/install-promtool.sh tests/image/build.sh tests/actionlint/install.sh \
+                 tests/monitoring/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 
-step "lint and types"
-ruff check exporter tests bench dashboards alerts
+step "lint, types and import layers"
+ruff check exporter tests bench dashboards alerts scripts
 mypy
+lint-imports  # .importlinter: the one-way pipeline (docs/architecture.md)
 
 step "pytest"
 set +e

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exporter.backend import HEALTHY, Behaviour, WebhookBackend
+from exporter.kubeapi import Credentials
 from exporter.pki import CertificateAuthority, ServingCertificate
 from tests.controlplane.fixtures import *  # noqa: F403  (control_plane, kube_api, netns_host, ...)
+from tests.kube import Kube, LiveExporter
 from tests.node.fixtures import *  # noqa: F403  (node_cluster, node_image)
 from tests.servers import Handler, RawServer
 
@@ -49,6 +53,30 @@ async def servers() -> AsyncIterator[Servers]:
     s = Servers()
     yield s
     await s.close()
+
+
+@pytest.fixture
+def kube(kube_api: Any) -> Kube:
+    """The shared control plane's API as admin, through the official client."""
+    return Kube(kube_api)
+
+
+StartExporter = Callable[..., Awaitable[LiveExporter]]
+
+
+@pytest.fixture
+async def live_exporters() -> AsyncIterator[StartExporter]:
+    """Starts in-process exporters following an apiserver (`LiveExporter.start`); closes each at teardown."""
+    started: list[LiveExporter] = []
+
+    async def start(source: Path | Credentials, **kwargs: Any) -> LiveExporter:
+        running = await LiveExporter.start(source, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.exporter.close()
 
 
 @pytest.fixture

@@ -1,5 +1,14 @@
+"""Small helpers every test module shares: inventories from factories, bounded polling, unique names, and a
+clock that moves only when the test says so."""
+
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from exporter.inventory import SourcedObject, build_inventory
@@ -19,3 +28,54 @@ def only_plan(*objects: dict[str, Any]) -> WebhookPlan:
     plans = plans_of(*objects)
     assert len(plans) == 1, plans
     return plans[0]
+
+
+def uid() -> str:
+    """A short unique suffix for names in the shared control plane."""
+    return uuid.uuid4().hex[:8]
+
+
+async def eventually(predicate: Callable[[], bool], within: float, what: str = "", every: float = 0.02) -> float:
+    """Seconds until `predicate()` held, polling every `every` s; fails the test after `within` s."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < within, f"not within {within}s: {what}"
+        await asyncio.sleep(every)
+    return time.monotonic() - started
+
+
+class ManualClock:
+    """Time that moves only when the test calls `advance()`; `sleep()` returns once its deadline has passed.
+
+    Given to `ProbeScheduler(clock=..., sleep=...)`, it makes a schedule deterministic: the test decides when
+    an interval has elapsed, so a busy machine can delay what happens, never change it.
+    """
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._order = itertools.count()  # ties wake in the order they slept
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.requested: list[float] = []  # every sleep asked for, in order
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        self.requested.append(seconds)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), next(self._order), future))
+        if seconds <= 0:
+            self.advance(0)
+        await future
+
+    def advance(self, seconds: float) -> None:
+        """Move time on and wake every sleeper whose deadline has come (they run at the loop's next turn)."""
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            future = heapq.heappop(self._sleepers)[2]
+            if not future.done():  # a cancelled sleeper's future is done already
+                future.set_result(None)
+
+    @property
+    def sleeping(self) -> int:
+        return sum(1 for *_, future in self._sleepers if not future.done())

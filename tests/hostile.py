@@ -1,7 +1,7 @@
 """Hostile peers for the fault-injection suite: backends that misbehave, a network path that can be frozen,
 and a fake Kubernetes API for the one case the real apiserver cannot serve (objects it refuses to store).
 
-Everything listens on 127.0.0.1, port 0. The handlers plug into `tests.servers.RawServer`; the big ones
+Everything listens on 127.0.0.1, port 0. The handlers plug into `exporter.backend.LoopbackServer`; the big ones
 (a 100 MB body, a 1 MB certificate) are produced lazily or once, never held twice.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import socket
@@ -21,30 +20,20 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exporter.pki import CertificateAuthority, ServingCertificate, subject_alt_names
-from tests.servers import Handler
+from exporter.backend import Handler, read_request
+from exporter.pki import CertificateAuthority, ServingCertificate
 
 T = TypeVar("T")
 MiB = 1024 * 1024
 
 
 # -- backends --------------------------------------------------------------------------------------------
-async def _read_request(reader: asyncio.StreamReader) -> None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            await reader.readexactly(int(line.split(b":", 1)[1]))
-
-
 def trickle(interval: float = 1.0) -> Handler:
     """Complete TLS, read the request, then answer one byte per `interval`, forever (a slowloris reply)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
         for i in range(10**6):
             writer.write(reply[i : i + 1] if i < len(reply) else b" ")
@@ -63,7 +52,7 @@ def huge_body(framing: str, size: int = 100 * MiB) -> Handler:
     block = b"x" * (64 * 1024)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         if framing == "content-length":
             head += f"Content-Length: {size}\r\n"
@@ -104,69 +93,28 @@ async def reset_mid_handshake(reader: asyncio.StreamReader, writer: asyncio.Stre
 
 async def close_after_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Complete TLS, read the request, send a 200's headers announcing a body, then hang up."""
-    await _read_request(reader)
+    await read_request(reader)
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
     await writer.drain()
     writer.close()
 
 
 # -- certificates ----------------------------------------------------------------------------------------
-def _leaf_builder(issuer: x509.Name, key: ec.EllipticCurvePrivateKey, names: list[str]) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
-    sans = subject_alt_names(names)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def long_chain(root: CertificateAuthority, names: list[str], *, length: int = 50) -> ServingCertificate:
     """A leaf under `length - 1` intermediates below `root`; the server sends all `length` certificates."""
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = root.cert.subject, root.key
-    chain: list[x509.Certificate] = []
+    issuer = root
     for depth in range(length - 1):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"intermediate {depth + 1}")])
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False),
-                           critical=True)
-            .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]  # root.key is EC or RSA, both sign
-        )
-        chain.append(cert)
-        issuer_name, issuer_key = name, key
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = _leaf_builder(issuer_name, leaf_key, names).sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf, *reversed(chain)])
-    return ServingCertificate(cert=leaf, cert_pem=pem, key_pem=_key_pem(leaf_key))
+        issuer = issuer.intermediate(f"intermediate {depth + 1}")
+    return issuer.issue(names)
 
 
 def huge_certificate(ca: CertificateAuthority, names: list[str], *, size: int = MiB) -> ServingCertificate:
     """A leaf signed by `ca` that carries a `size`-byte private (non-critical) extension."""
-    key = ec.generate_private_key(ec.SECP256R1())
     # The extension value is DER: an OCTET STRING with a long-form length, then the filler.
     filler = os.urandom(size)
     value = b"\x04\x83" + len(filler).to_bytes(3, "big") + filler
-    ext = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1.1"), value)
-    cert = _leaf_builder(ca.cert.subject, key, names).add_extension(ext, critical=False).sign(
-        ca.key, hashes.SHA256())  # type: ignore[arg-type]
-    return ServingCertificate(cert=cert, cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
+    return ca.issue(names, extensions=[x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1.1"),
+                                                                 value)])
 
 
 # -- measuring -------------------------------------------------------------------------------------------

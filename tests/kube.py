@@ -1,7 +1,6 @@
-"""The few Kubernetes API calls the control-plane tests make, through the official client, off the event loop.
-
-Off the loop because the backends a test serves on that loop must answer the apiserver's webhook calls
-while a create is in flight.
+"""What the control-plane tests share: the few Kubernetes API calls they make (through the official client,
+off the event loop, because the backends a test serves on that loop must answer the apiserver's webhook calls
+while a create is in flight), and an in-process live exporter with readers for its metrics.
 """
 
 from __future__ import annotations
@@ -13,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.exposition import generate_latest
 
 from exporter.app import Exporter
 from exporter.discovery import Discovery
-from exporter.kubeapi import Credentials, KubeApi
+from exporter.kubeapi import VALIDATING_CONFIGS, Credentials, KubeApi, load_credentials
+from tests import factories as f
+from tests import hostile
 
 
 class Kube:
     def __init__(self, api: Any) -> None:
         from kubernetes import client
 
+        self.api = api  # the caller closes it
         self.admission = client.AdmissionregistrationV1Api(api)
         self.core = client.CoreV1Api(api)
         self.discovery = client.DiscoveryV1Api(api)
@@ -31,16 +34,60 @@ class Kube:
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def create_hook(self, configuration: str, name: str, client: dict[str, Any]) -> None:
+        """One Ignore webhook, 2 s timeout, scoped to no namespace: it cannot wedge another test."""
+        hook = f.webhook(name, client, policy="Ignore", timeout=2,
+                         namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}})
+        await self.call(self.admission.create_validating_webhook_configuration, f.configuration(configuration, hook))
 
-async def start_live_exporter(credentials: Credentials, *, interval: float = 2.0, server_timeout: int = 290,
-                              idle_timeout: float = 330) -> tuple[Exporter, Discovery]:
-    """An exporter in this event loop, following the API behind `credentials` (the caller closes it)."""
-    exporter = Exporter(interval=interval)
-    discovery = Discovery(KubeApi(credentials), exporter.state.adopt, server_timeout=server_timeout,
-                          idle_timeout=idle_timeout)
-    exporter.attach(discovery)
-    await discovery.start()
-    return exporter, discovery
+    async def delete_hook(self, configuration: str) -> None:
+        """Delete a validating configuration; already gone is fine."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            await self.call(self.admission.delete_validating_webhook_configuration, configuration)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+
+class LiveExporter:
+    """An exporter in this event loop following a (real or fake) apiserver, and readers of its metrics."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        assert exporter.discovery is not None
+        self.exporter = exporter
+        self.discovery = exporter.discovery
+
+    @classmethod
+    async def start(cls, source: Path | Credentials, *, interval: float = 2.0, server_timeout: int = 290,
+                    idle_timeout: float = 330) -> LiveExporter:
+        """Following the API of a kubeconfig file or of `Credentials` (the caller closes `exporter`)."""
+        credentials = load_credentials(str(source)) if isinstance(source, Path) else source
+        discovery = Discovery(KubeApi(credentials), server_timeout=server_timeout, idle_timeout=idle_timeout)
+        exporter = Exporter(interval=interval, discovery=discovery)
+        await exporter.start()
+        return cls(exporter)
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        return self.exporter.registry.get_sample_value(metric, labels)
+
+    def up(self, resource: str = VALIDATING_CONFIGS.plural) -> float | None:
+        return self.value("admission_webhook_exporter_watch_up", resource=resource)
+
+    def restarts(self, resource: str = VALIDATING_CONFIGS.plural) -> float:
+        return self.value("admission_webhook_exporter_watch_restarts_total", resource=resource) or 0
+
+    def probed(self, configuration: str, name: str, port: int) -> bool:
+        return self.value("admission_webhook_probe_success", configuration=configuration, name=name,
+                          type="validating", endpoint=f"127.0.0.1:{port}") == 1
+
+    def api_lists(self, resource: str = VALIDATING_CONFIGS.plural) -> int:
+        return self.discovery.api.requests[("list", resource)]
+
+    def configurations(self) -> set[str]:
+        text = generate_latest(self.exporter.registry).decode()
+        return {labels["configuration"] for labels, _ in hostile.family_samples(text, "admission_webhook_info")}
 
 
 CLUSTERROLE = Path(__file__).parent.parent / "deploy" / "rbac" / "clusterrole.yaml"

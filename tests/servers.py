@@ -1,55 +1,20 @@
-"""Real servers on 127.0.0.1 for the prober to meet: well-behaved webhook backends and hostile ones."""
+"""Real servers on 127.0.0.1 for the prober to meet: exporter.backend's one loopback server, with the
+misbehaving handlers the probe tests plug into it, and a way to run any of them for synchronous tests."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
-from collections.abc import Awaitable, Callable
+import threading
+from typing import Generic, TypeVar
 
-from exporter.backend import server_context
-from exporter.pki import ServingCertificate
+from exporter.backend import Handler, LoopbackServer, read_request
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# The name the tests have always used for a loopback server with a handler of their own.
+RawServer = LoopbackServer
+__all__ = ["Handler", "RawServer", "Threaded", "fixed_response", "free_port", "never_speak", "plain_http",
+           "read_request_then_hang"]
 
-
-class RawServer:
-    """A TCP (optionally TLS) server on a loopback port whose connection handler the test writes."""
-
-    def __init__(self, handler: Handler, *, serving: ServingCertificate | None = None) -> None:
-        self._handler = handler
-        self._ctx: ssl.SSLContext | None = server_context(serving) if serving else None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-        self.connections = 0
-
-    async def _wrapped(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
-        try:
-            await self._handler(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.transport.abort()
-            self._tasks.discard(task)
-
-    async def start(self) -> RawServer:
-        self._server = await asyncio.start_server(self._wrapped, "127.0.0.1", 0, ssl=self._ctx)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for t in list(self._tasks):
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+S = TypeVar("S", bound=LoopbackServer)
 
 
 async def never_speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -66,13 +31,13 @@ async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 async def read_request_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Complete TLS, read the request, never answer."""
-    await reader.readuntil(b"\r\n\r\n")
+    await read_request(reader)
     await asyncio.sleep(3600)
 
 
 def fixed_response(raw: bytes) -> Handler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        await read_request(reader)
         writer.write(raw)
         await writer.drain()
 
@@ -86,3 +51,27 @@ async def free_port() -> int:
     server.close()
     await server.wait_closed()
     return port
+
+
+class Threaded(Generic[S]):
+    """A loopback server on an event loop of its own, in a daemon thread: for synchronous tests (the real
+    apiserver's), which block their own thread while the apiserver calls the backend."""
+
+    def __init__(self, server: S) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="awe-loopback-server", daemon=True)
+
+    def start(self) -> Threaded[S]:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (new connections are refused, open ones cut), then the loop; idempotent."""
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

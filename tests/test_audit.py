@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import audit as audit_module
+from exporter import app as app_module
+from exporter import resources
 from exporter.app import Exporter
 from exporter.audit import (
     BOOTSTRAP,
     CYCLE,
     FAIL_OPEN,
+    FIREWALL_PORT,
     KUBE_SYSTEM,
     LONG_TIMEOUT,
     MATCH_CONDITION,
@@ -41,6 +43,10 @@ from exporter.cli import load_inventory, main
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.model import Inventory, LabelSelector, LabelSelectorRequirement, MatchCondition, Rule, Webhook
 from exporter.parse import parse_label_selector
+from exporter.pki import CertificateAuthority
+from exporter.probe import ProbeResult
+from exporter.reasons import Reason
+from exporter.targets import Target
 from tests import factories as f
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
@@ -54,26 +60,43 @@ CERT_MANAGER_M = ("cert-manager-webhook", "webhook.cert-manager.io", "admit")
 # fixture -> the exact findings: (configuration, name, type, id, severity)
 EXPECTED: dict[str, set[tuple[str, str, str, str, str]]] = {
     "policy-engine-all-resources.yaml": {
-        (*hook, rule, "critical") for hook in (KYVERNO_V, KYVERNO_M) for rule in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP)},
-    "policy-engine-kube-system-excluded.yaml": {(*hook, BOOTSTRAP, "critical") for hook in (KYVERNO_V, KYVERNO_M)},
+        (*hook, rule, "critical") for hook in (KYVERNO_V, KYVERNO_M) for rule in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP)}
+    | {(*hook, FIREWALL_PORT, "warning") for hook in (KYVERNO_V, KYVERNO_M)},  # Kyverno serves on 9443
+    "policy-engine-kube-system-excluded.yaml": {(*hook, rule, severity) for hook in (KYVERNO_V, KYVERNO_M)
+                                                for rule, severity in ((BOOTSTRAP, "critical"),
+                                                                       (FIREWALL_PORT, "warning"))},
     "servicecidr-no-exclusion.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating", BOOTSTRAP,
-                                       "critical")},
-    "servicecidr-excluded.yaml": set(),
-    "istio-sidecar-injector.yaml": set(),
+                                       "critical"),
+                                      ("netpol-guard", "validate.netpol-guard.example.com", "validating",
+                                       FIREWALL_PORT, "warning")},
+    "servicecidr-excluded.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating",
+                                   FIREWALL_PORT, "warning")},
+    "istio-sidecar-injector.yaml": {("istio-sidecar-injector", f"{hook}.sidecar-injector.istio.io", "admit",
+                                     FIREWALL_PORT, "warning") for hook in ("namespace", "object")},  # istiod: 15017
     "cert-manager.yaml": {(*hook, rule, "warning") for hook in (CERT_MANAGER_V, CERT_MANAGER_M)
                           for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)},
-    "gatekeeper-ignore.yaml": {
+    "gatekeeper-ignore.yaml": {  # Gatekeeper serves on 8443
         ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FAIL_OPEN, "info"),
         ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating", BOOTSTRAP,
-         "critical")},
+         "critical"),
+        ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FIREWALL_PORT,
+         "info"),
+        ("gatekeeper-mutating-webhook-configuration", "mutation.gatekeeper.sh", "admit", FIREWALL_PORT, "info"),
+        ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating",
+         FIREWALL_PORT, "warning")},
     "match-condition-invalid.yaml": {
         ("team-policy", "labels.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
-        ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical")},
-    "cycle.yaml": {("mesh-sidecar", "inject.mesh.example.com", "admit", CYCLE, "critical"),
-                   ("log-agent", "inject.log-agent.example.com", "admit", CYCLE, "critical")},
+        ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
+        ("team-policy", "labels.team-policy.example.com", "validating", FIREWALL_PORT, "warning"),
+        ("team-policy", "deletes.team-policy.example.com", "validating", FIREWALL_PORT, "warning")},
+    "cycle.yaml": {(conf, name, "admit", rule, severity)
+                   for conf, name in (("mesh-sidecar", "inject.mesh.example.com"),
+                                      ("log-agent", "inject.log-agent.example.com"))
+                   for rule, severity in ((CYCLE, "critical"), (FIREWALL_PORT, "warning"))},
     "misc-backends.yaml": {
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", VIRTUAL_RESOURCE, "warning"),
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", SIDE_EFFECTS, "warning"),
+        ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", FIREWALL_PORT, "info"),
         ("legacy-quota", "quota.legacy.example.com", "validating", SERVICE_MISSING, "warning"),
         ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical")},
 }
@@ -111,13 +134,58 @@ def test_why_names_the_risk_precisely() -> None:
         "on CREATE certificaterequests in default the apiserver may wait 30 (mutating) + 30 (validating, the "
         "longest) = 60 s")
     assert cert[("admit", TIMEOUT_BUDGET)].fix.startswith("timeoutSeconds: 17")  # 17 + 17 fits 34
-    bad = {x.webhook.name: x.why for x in audit(load_inventory([str(FIXTURES / "match-condition-invalid.yaml")]))}
+    bad = {x.webhook.name: x.why for x in audit(load_inventory([str(FIXTURES / "match-condition-invalid.yaml")]))
+           if x.id == MATCH_CONDITION}
     assert bad["labels.team-policy.example.com"] == (
         "matchCondition 'not-kube-system' does not compile: ERROR: <input>:1:38: Syntax error: mismatched input "
         "'<EOF>': the apiserver rejects the request")
     assert bad["deletes.team-policy.example.com"] == (
         "matchCondition 'only-temporary' fails on DELETE configmaps in default: no such overload (object is null "
         "on DELETE): the apiserver rejects the request")
+
+
+def _port_findings(*objects: dict[str, Any]) -> dict[str, Finding]:
+    inventory = build_inventory([SourcedObject("test", o) for o in objects])
+    return {x.webhook.name: x for x in audit(inventory) if x.id == FIREWALL_PORT}
+
+
+@pytest.mark.parametrize(("target_port", "slice_port", "policy", "expected"), [
+    (8443, None, "Fail", ("warning", "8443")),  # numeric targetPort, no EndpointSlice seen
+    ("webhook", 9443, "Fail", ("warning", "9443")),  # a named targetPort, resolved through the EndpointSlice
+    (15017, 15017, "Ignore", ("info", "15017")),
+    (443, 443, "Fail", None),
+    (10250, 10250, "Fail", None),  # cert-manager's choice, for exactly this reason
+    (None, None, "Fail", None),  # targetPort defaults to the port: 443
+    ("webhook", None, "Fail", None),  # a named port nobody resolved: unknown, not guessed
+])
+def test_a_backend_port_managed_control_planes_block_is_named(target_port: int | str | None, slice_port: int | None,
+                                                              policy: str, expected: tuple[str, str] | None) -> None:
+    ca = CertificateAuthority.create("ports")
+    port: dict[str, Any] = {"name": "https", "port": 443}
+    if target_port is not None:
+        port["targetPort"] = target_port
+    objects = [f.configuration("c", f.webhook("w.example.com", f.service_client("team", "hook", ca.ca_bundle),
+                                              policy=policy)),
+               f.service("team", "hook", [port])]
+    if slice_port is not None:
+        objects.append(f.endpoint_slice("team", "hook", [{"name": "https", "port": slice_port, "protocol": "TCP"}],
+                                        [("10.1.0.5", True)]))
+    found = _port_findings(*objects)
+    if expected is None:
+        assert found == {}
+        return
+    finding = found["w.example.com"]
+    severity, shown = expected
+    assert finding.severity == severity
+    assert finding.why.startswith(f"Service team/hook sends the apiserver's calls to container port {shown}: ")
+    assert "GKE private clusters admit 443 and 10250" in finding.why and "EKS" in finding.why
+    assert f"--allow tcp:{shown}" in finding.fix and f"--port {shown} --source-group" in finding.fix
+    assert yaml.safe_load(finding.fix) == {"spec": {"ports": [{"name": "https", "port": 443, "targetPort": 10250}]}}
+
+
+def test_url_webhooks_have_no_port_finding() -> None:
+    ca = CertificateAuthority.create("ports")
+    assert _port_findings(f.configuration("c", f.webhook("u.example.com", f.url_client(8443, ca.ca_bundle)))) == {}
 
 
 def apply_fix(hook: Webhook, finding: Finding) -> Webhook:
@@ -189,11 +257,10 @@ def test_label_selector_semantics(selector: LabelSelector, matches: bool) -> Non
     assert selector_matches(selector, LABELS) is matches
 
 
-POD = audit_module.PODS
-POD_STATUS = Request(POD, "UPDATE", "default", subresource="status")
-POD_CREATE = Request(POD, "CREATE", "default")
-NODE = Request(audit_module.NODES, "CREATE")
-NS = Request(audit_module.NAMESPACES, "CREATE", "team", "team")
+POD_STATUS = Request(resources.PODS, "UPDATE", "default", subresource="status")
+POD_CREATE = Request(resources.PODS, "CREATE", "default")
+NODE = Request(resources.NODES, "CREATE")
+NS = Request(resources.NAMESPACES, "CREATE", "team", "team")
 
 
 def rule(resources: list[str], scope: str = "*", operations: tuple[str, ...] = ("*",),
@@ -221,26 +288,37 @@ def test_rule_matching_follows_the_apiserver(r: Rule, request_: Request, matches
     assert rule_matches(r, request_) is matches
 
 
-def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
-    exporter = Exporter()
-    inventory = load_inventory([str(FIXTURES / "cycle.yaml")])
-    exporter.state.inventory, exporter.state.plans = inventory, ()  # no scheduler round: adopt() needs a loop
+async def unreachable(target: Target) -> ProbeResult:
+    """The fixtures' endpoints are pod IPs of a cluster that is not here, so they are never dialled: this
+    probe function answers at once (these tests are about the audit, not probes)."""
+    return ProbeResult(success=False, reason=Reason.UNREACHABLE, detail="not dialled by this test",
+                       duration_seconds=0.0, finished_at=0.0)
+
+
+async def test_metric_is_exposed_and_computed_once_per_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = Exporter(probe_fn=unreachable)
     calls: list[Inventory] = []
-    real = audit_module.audit
+    real = app_module.audit
 
     def counting(inv: Inventory, plans: Any = None, **kwargs: Any) -> tuple[Finding, ...]:
         calls.append(inv)
         return real(inv, plans, **kwargs)
 
-    monkeypatch.setattr(audit_module, "audit", counting)
+    monkeypatch.setattr(app_module, "audit", counting)
     labels = {"configuration": "mesh-sidecar", "name": "inject.mesh.example.com", "type": "admit", "risk": CYCLE,
               "severity": "critical"}
-    for _ in range(3):
-        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
-    assert len(calls) == 1
-    exporter.state.inventory = load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")])
-    assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
-    assert len(calls) == 2
+    try:
+        exporter.adopt(load_inventory([str(FIXTURES / "cycle.yaml")]))
+        await exporter.wait_audited()
+        for _ in range(3):
+            assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) == 1
+        assert len(calls) == 1
+        exporter.adopt(load_inventory([str(FIXTURES / "servicecidr-excluded.yaml")]))
+        await exporter.wait_audited()
+        assert exporter.registry.get_sample_value("admission_webhook_risk_info", labels) is None
+        assert len(calls) == 2
+    finally:
+        await exporter.close()
 
 
 def test_cli_report_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,9 +375,8 @@ async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, co
         {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
         namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}})
     await call(admission.create_validating_webhook_configuration, f.configuration(name, hook))
-    exporter = Exporter(interval=60)
-    discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))), exporter.state.adopt)
-    exporter.attach(discovery)
+    discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
+    exporter = Exporter(interval=60, discovery=discovery)
     try:
         code, out, err = await run_cli("audit", "--kubeconfig", str(control_plane.kubeconfig_path), "--output", "json")
         assert code == 1, err  # a critical finding: the default --fail-on
@@ -307,7 +384,7 @@ async def test_audit_of_a_live_cluster_and_the_exporter_metric(kube_api: Any, co
         mine = {(r["id"], r["severity"]) for r in report["findings"] if r["configuration"] == name}
         assert mine == {(OWN_BACKEND, "critical")}
 
-        await discovery.start()
+        await exporter.start()
         await asyncio.wait_for(discovery.wait_synced(), 10)
         labels = {"configuration": name, "name": webhook, "type": "validating", "risk": OWN_BACKEND,
                   "severity": "critical"}

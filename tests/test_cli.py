@@ -48,10 +48,10 @@ async def test_check_exit_status_follows_fail_policy(tmp_path: Path, servers: Se
     code, out, err = await run("check", "--manifests", str(ignore_only))
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["WEBHOOK", "TYPE", "POLICY", "ENDPOINTS", "VERDICT", "REASON", "CERT", "DAYS",
-                                "LATENCY/TIMEOUT"]
+    assert lines[0].split() == ["WEBHOOK", "TYPE", "POLICY", "ENDPOINTS", "VERDICT", "REASON", "SERVED", "CERT",
+                                "DAYS", "CABUNDLE", "DAYS", "LATENCY/TIMEOUT"]
     assert re.match(r"cfg/dead\.example\.com\s+validating\s+Ignore\s+-\s+down\s+connection_refused", lines[1])
-    assert re.match(r"cfg/ok\.example\.com\s+validating\s+Fail\s+-\s+ok\s+-\s+365\s+0\.\d+s/5s", lines[2])
+    assert re.match(r"cfg/ok\.example\.com\s+validating\s+Fail\s+-\s+ok\s+-\s+365\s+365\s+0\.\d+s/5s", lines[2])
 
     fail = write(tmp_path / "fail.yaml", f.configuration(
         "cfg", f.webhook("dead.example.com", f.url_client(dead, ca.ca_bundle), policy="Fail")))
@@ -70,16 +70,16 @@ async def test_bad_object_is_skipped_and_the_rest_probed(tmp_path: Path, servers
         "cfg", f.webhook("ok.example.com", f.url_client(ok.port, ca.ca_bundle)),
         f.webhook("bad.example.com", f.url_client(ok.port, ca.ca_bundle), timeoutSeconds=99)))
     code, out, err = await run("check", "--manifests", str(path))
-    assert code == 0
+    assert code == 1  # what was skipped was not checked: the gate fails
     assert "ok.example.com" in out and "bad.example.com" not in out
-    assert err.strip() == (f"skipped ValidatingWebhookConfiguration cfg in {path}: "
-                           "webhook 'bad.example.com': timeoutSeconds 99 is outside 1-30")
+    assert err.splitlines()[0] == (f"skipped webhook 'bad.example.com' of ValidatingWebhookConfiguration cfg in "
+                                   f"{path}: timeoutSeconds 99 is outside 1-30")
 
 
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cases = [
         (["serve", "--manifests", str(tmp_path), "--probe-interval", "0"],
-         "argument --probe-interval: must be > 0, got 0"),
+         "argument --probe-interval: expected a number of seconds from 1 to 86400, got '0'"),
         (["check", "--kubeconfig", str(tmp_path / "none")], f"kubeconfig {tmp_path / 'none'}: no such file"),
         (["check", "--manifests", str(tmp_path), "--context", "prod"],
          "--manifests and --kubeconfig/--context are alternatives: pick one source"),

@@ -33,7 +33,7 @@ async def test_metrics_for_healthy_failing_and_endpointless_webhooks(servers: Se
     )
     exporter = Exporter(interval=3600)
     try:
-        exporter.state.adopt(inventory)
+        exporter.adopt(inventory)
         await exporter.scheduler.wait_first_round()
         reg = exporter.registry
 
@@ -94,10 +94,10 @@ async def test_deleted_webhook_series_disappear(servers: Servers, ca: Certificat
     cfg = f.configuration("c", f.webhook("gone.example.com", f.url_client(backend.port, ca.ca_bundle)))
     exporter = Exporter(interval=3600)
     try:
-        exporter.state.adopt(inventory_of(cfg))
+        exporter.adopt(inventory_of(cfg))
         await exporter.scheduler.wait_first_round()
         assert "gone.example.com" in generate_latest(exporter.registry).decode()
-        exporter.state.adopt(inventory_of())
+        exporter.adopt(inventory_of())
         assert "gone.example.com" not in generate_latest(exporter.registry).decode()
         assert exporter.results.snapshot() == {}
     finally:

@@ -24,9 +24,7 @@ import asyncio
 import json
 import re
 import shutil
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +55,12 @@ from tests.chart import (
 )
 from tests.conftest import Servers
 from tests.controlplane.harness import ControlPlane
+from tests.helpers import eventually, uid
 
 MANIFESTS = REPO / "deploy" / "manifests"
 RBAC = REPO / "deploy" / "rbac" / "clusterrole.yaml"
 WATCHED = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces", "services",
            "endpointslices")
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="session")
@@ -462,13 +457,6 @@ def _token_kubeconfig(cp: ControlPlane, token: str, path: Path) -> Path:
     return path
 
 
-async def _eventually(predicate: Callable[[], bool], within: float, what: str) -> None:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, f"not within {within}s: {what}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.controlplane
 async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterrole(
         control_plane: ControlPlane, kube_api: Any, servers: Servers, tmp_path: Path) -> None:
@@ -517,22 +505,21 @@ async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterr
                         **nowhere),
         f.webhook("svc.deploy.example.com", f.service_client(backend_ns, "hook", ca.ca_bundle), policy="Ignore",
                   **nowhere))
-    exporter = Exporter(interval=2.0)
-    discovery = Discovery(KubeApi(load_credentials(str(kubeconfig))), exporter.state.adopt)
-    exporter.attach(discovery)
+    discovery = Discovery(KubeApi(load_credentials(str(kubeconfig))))
+    exporter = Exporter(interval=2.0, discovery=discovery)
 
     def value(metric: str, **labels: str) -> float | None:
         return exporter.registry.get_sample_value(metric, labels)
 
     try:
-        await discovery.start()
+        await exporter.start()
         await asyncio.wait_for(discovery.wait_synced(), 10)
         await asyncio.to_thread(admission.create_validating_webhook_configuration, configuration)
         url_endpoint = {"configuration": name, "name": "url.deploy.example.com", "type": "validating",
                         "endpoint": f"127.0.0.1:{backend.port}"}
-        await _eventually(lambda: value("admission_webhook_probe_success", **url_endpoint) == 1, 10,
+        await eventually(lambda: value("admission_webhook_probe_success", **url_endpoint) == 1, 10,
                           "the new webhook configuration discovered and probed")
-        await _eventually(lambda: all(value("admission_webhook_exporter_watch_up", resource=r) == 1 for r in WATCHED),
+        await eventually(lambda: all(value("admission_webhook_exporter_watch_up", resource=r) == 1 for r in WATCHED),
                           10, "every watch up as the chart's ServiceAccount")
         assert {w.key.name for w in discovery.inventory.webhooks if w.key.configuration == name} == {
             "url.deploy.example.com", "svc.deploy.example.com"}

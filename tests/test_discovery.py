@@ -10,68 +10,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from exporter.app import Exporter
-from exporter.discovery import Discovery
-from exporter.kubeapi import load_credentials
 from exporter.pki import CertificateAuthority
 from tests import factories as f
 from tests.conftest import Servers
 from tests.controlplane.fixtures import EXPORTER_GROUP, EXPORTER_USER, api_client_for
 from tests.controlplane.harness import ControlPlane
-from tests.kube import Kube, exporter_role, start_live_exporter
+from tests.helpers import eventually, uid
+from tests.kube import Kube, exporter_role
 
 pytestmark = pytest.mark.controlplane
 REPO = Path(__file__).parent.parent
 CHANGE_DEADLINE = 2.0  # the issue's promise: a change reaches /metrics within 2 s
-
-
-async def eventually(predicate: Callable[[], bool], within: float = CHANGE_DEADLINE, what: str = "") -> float:
-    """Seconds until `predicate()` held; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, f"not within {within}s: {what}"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
-class Running:
-    def __init__(self, exporter: Exporter, discovery: Discovery) -> None:
-        self.exporter = exporter
-        self.discovery = discovery
-
-    def value(self, metric: str, /, **labels: str) -> float | None:
-        return self.exporter.registry.get_sample_value(metric, labels)
-
-
-@pytest.fixture
-async def run_exporter() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    started: list[Running] = []
-
-    async def start(kubeconfig: Path, *, interval: float = 2.0) -> Running:
-        running = Running(*await start_live_exporter(load_credentials(str(kubeconfig)), interval=interval))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.exporter.close()
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def kube(kube_api: Any) -> Kube:
-    return Kube(kube_api)
 
 
 def ns_scoped(namespace: str) -> dict[str, Any]:
@@ -80,10 +34,10 @@ def ns_scoped(namespace: str) -> dict[str, Any]:
 
 
 async def test_webhook_add_edit_delete_follow_within_two_seconds(kube: Kube, control_plane: ControlPlane,
-                                                                 run_exporter, servers: Servers) -> None:
+                                                                 live_exporters, servers: Servers) -> None:
     ca = CertificateAuthority.create()
     backend = await servers.backend(ca.issue(["127.0.0.1"]))
-    running = await run_exporter(control_plane.kubeconfig_path)
+    running = await live_exporters(control_plane.kubeconfig_path)
     await asyncio.wait_for(running.discovery.wait_synced(), 10)
     name = f"follow-{uid()}"
     hook = f.webhook("follow.example.com", f.url_client(backend.port, ca.ca_bundle), policy="Ignore",
@@ -93,14 +47,14 @@ async def test_webhook_add_edit_delete_follow_within_two_seconds(kube: Kube, con
     endpoint = {**labels, "endpoint": f"127.0.0.1:{backend.port}"}
     try:
         added = await eventually(lambda: running.value("admission_webhook_probe_success", **endpoint) == 1,
-                                 what="new webhook probed")
+                                 CHANGE_DEADLINE, what="new webhook probed")
         hook["timeoutSeconds"] = 7
         await kube.call(kube.admission.replace_validating_webhook_configuration, name,
                         {**f.configuration(name, hook), "metadata": {"name": name, "resourceVersion": (
                             await kube.call(kube.admission.read_validating_webhook_configuration, name)
                         ).metadata.resource_version}})
         edited = await eventually(lambda: running.value("admission_webhook_timeout_seconds", **labels) == 7,
-                                  what="edit visible")
+                                  CHANGE_DEADLINE, what="edit visible")
     finally:
         await kube.call(kube.admission.delete_validating_webhook_configuration, name)
     deleted = await eventually(lambda: running.value("admission_webhook_info", **labels, failure_policy="Ignore",
@@ -108,11 +62,11 @@ async def test_webhook_add_edit_delete_follow_within_two_seconds(kube: Kube, con
                                                      service_namespace="", service_name="",
                                                      url=f"https://127.0.0.1:{backend.port}/validate") is None
                                and running.value("admission_webhook_probe_success", **endpoint) is None,
-                               what="deleted webhook's series gone")
+                               CHANGE_DEADLINE, what="deleted webhook's series gone")
     print(f"add->probed {added:.3f}s, edit->metrics {edited:.3f}s, delete->gone {deleted:.3f}s")
 
 
-async def test_service_endpoints_scaled_to_zero_and_back(kube: Kube, control_plane: ControlPlane, run_exporter,
+async def test_service_endpoints_scaled_to_zero_and_back(kube: Kube, control_plane: ControlPlane, live_exporters,
                                                          netns_host: Any) -> None:
     namespace = f"svc-{uid()}"
     await kube.call(kube.core.create_namespace, {"metadata": {"name": namespace}})
@@ -143,7 +97,7 @@ async def test_service_endpoints_scaled_to_zero_and_back(kube: Kube, control_pla
     hook = f.webhook("svc.example.com", f.service_client(namespace, "hook-svc", ca.ca_bundle), policy="Ignore",
                      **ns_scoped("nowhere"))
     await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(name, hook))
-    running = await run_exporter(control_plane.kubeconfig_path)
+    running = await live_exporters(control_plane.kubeconfig_path)
     labels = {"configuration": name, "name": "svc.example.com", "type": "validating"}
     try:
         await eventually(lambda: running.value("admission_webhook_endpoints_ready", **labels) == 1, within=10,
@@ -158,12 +112,13 @@ async def test_service_endpoints_scaled_to_zero_and_back(kube: Kube, control_pla
                 kube.discovery.read_namespaced_endpoint_slice, slice_name, namespace)).metadata.resource_version}})
         lost = await eventually(lambda: running.value("admission_webhook_endpoints_ready", **labels) == 0
                                 and running.value("admission_webhook_probe_failure_info", **labels, endpoint="",
-                                                  reason="no_endpoints") == 1, what="no_endpoints")
+                                                  reason="no_endpoints") == 1, CHANGE_DEADLINE, what="no_endpoints")
         assert running.value("admission_webhook_probe_success", **labels, endpoint=f"{address}:8443") is None
         await kube.call(kube.discovery.delete_namespaced_endpoint_slice, slice_name, namespace)
         await kube.call(kube.discovery.create_namespaced_endpoint_slice, namespace, eps(True))
         back = await eventually(lambda: running.value("admission_webhook_probe_success", **labels,
-                                                      endpoint=f"{address}:8443") == 1, what="endpoint back")
+                                                      endpoint=f"{address}:8443") == 1, CHANGE_DEADLINE,
+                                what="endpoint back")
         print(f"endpoint lost -> metrics {lost:.3f}s, back -> probed {back:.3f}s")
     finally:
         await kube.call(kube.admission.delete_validating_webhook_configuration, name)
@@ -176,7 +131,7 @@ def _python() -> list[str]:
     return [sys.executable]
 
 
-async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_plane: ControlPlane, run_exporter,
+async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_plane: ControlPlane, live_exporters,
                                                           servers: Servers) -> None:
     namespace = f"join-{uid()}"
     await kube.call(kube.core.create_namespace, {"metadata": {"name": namespace}})
@@ -187,7 +142,7 @@ async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_p
     hook = f.webhook(webhook_name, f.url_client(backend.port, ca.ca_bundle), policy="Fail", timeout=3,
                      **ns_scoped(namespace))
     await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(name, hook))
-    running = await run_exporter(control_plane.kubeconfig_path)
+    running = await live_exporters(control_plane.kubeconfig_path)
     labels = {"configuration": name, "name": webhook_name, "type": "validating"}
     endpoint = {**labels, "endpoint": f"127.0.0.1:{backend.port}"}
     try:
@@ -231,7 +186,7 @@ async def test_apiserver_calls_the_webhook_and_labels_join(kube: Kube, control_p
 
 
 async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visible(
-        kube: Kube, control_plane: ControlPlane, run_exporter, servers: Servers) -> None:
+        kube: Kube, control_plane: ControlPlane, live_exporters, servers: Servers) -> None:
     role_name = f"awe-test-{uid()}"
     async with exporter_role(kube, role_name, EXPORTER_GROUP) as (role, _):
         ca = CertificateAuthority.create()
@@ -243,7 +198,7 @@ async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visi
             f.webhook("rbac-svc.example.com", f.service_client("kube-system", "some-svc", ca.ca_bundle),
                       policy="Ignore", **ns_scoped("nowhere"))))
         try:
-            running = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
+            running = await live_exporters(control_plane.kubeconfig_for(EXPORTER_USER))
             await asyncio.wait_for(running.discovery.wait_synced(), 10)
             for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations", "namespaces",
                              "services", "endpointslices"):
@@ -255,7 +210,7 @@ async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visi
             role["rules"] = [r for r in role["rules"] if "endpointslices" not in r["resources"]]
             await kube.call(kube.rbac.replace_cluster_role, role_name, role)
             # A fresh exporter as the same user: the slices watch is refused and says so.
-            denied = await run_exporter(control_plane.kubeconfig_for(EXPORTER_USER))
+            denied = await live_exporters(control_plane.kubeconfig_for(EXPORTER_USER))
             await eventually(lambda: denied.value("admission_webhook_exporter_watch_up", resource="endpointslices")
                              == 0, within=10, what="watch_up 0 for endpointslices")
             restarts = denied.value("admission_webhook_exporter_watch_restarts_total", resource="endpointslices")
@@ -268,8 +223,8 @@ async def test_restricted_clusterrole_is_enough_and_a_missing_permission_is_visi
 
 
 async def test_steady_state_makes_no_list_and_no_get(kube: Kube, control_plane: ControlPlane,
-                                                     run_exporter) -> None:
-    running = await run_exporter(control_plane.kubeconfig_path)
+                                                     live_exporters) -> None:
+    running = await live_exporters(control_plane.kubeconfig_path)
     await asyncio.wait_for(running.discovery.wait_synced(), 10)
     await asyncio.sleep(1)
     before = dict(running.discovery.api.requests)
@@ -282,8 +237,8 @@ async def test_steady_state_makes_no_list_and_no_get(kube: Kube, control_plane: 
 
 
 async def test_apiserver_restart_under_a_running_exporter(kube: Kube, control_plane: ControlPlane,
-                                                          run_exporter, servers: Servers) -> None:
-    running = await run_exporter(control_plane.kubeconfig_path)
+                                                          live_exporters, servers: Servers) -> None:
+    running = await live_exporters(control_plane.kubeconfig_path)
     await asyncio.wait_for(running.discovery.wait_synced(), 10)
     await asyncio.to_thread(control_plane.restart_apiserver)
     await eventually(lambda: running.value("admission_webhook_exporter_watch_up",

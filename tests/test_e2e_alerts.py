@@ -87,7 +87,7 @@ async def test_alerts_fire_for_the_broken_webhooks_and_not_for_the_healthy_one(
         "apiserver failing open": ("AdmissionWebhookFailingOpen",
                                    {"name": s["fail_open"].name, "type": "validating", "severity": "warning"}),
     }
-    # The configuration audit (exporter/audit.py) lands separately: once the exporter reports the risky
+    # The configuration audit (exporter/audit/) lands separately: once the exporter reports the risky
     # webhook's finding, its alert must fire too (a warning: configuration risks never page).
     risk = {**s["risky"].labels, "risk": "fail_policy_long_timeout", "severity": "warning"}
     if s.value("admission_webhook_risk_info", **risk) == 1:

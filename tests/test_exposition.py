@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition import render
@@ -42,3 +43,13 @@ def test_fast_renderer_matches_prometheus_client() -> None:
         [f.name for f in text_string_to_metric_families(theirs)]
     assert "# TYPE awe_test_events_total counter" in ours
     assert 'awe_test_gauge{a="plain",b="quote\\" back\\\\slash new\\nline"} 1.5' in ours
+
+
+@pytest.mark.parametrize("family", [
+    HistogramMetricFamily("awe_test_histogram", "a histogram", buckets=[("1.0", 1), ("+Inf", 2)], sum_value=3),
+    Metric("awe_test_untyped", "an untyped family", "unknown"),
+], ids=["histogram", "untyped"])
+def test_a_type_the_renderer_was_not_checked_for_is_refused(family: Metric) -> None:
+    with pytest.raises(ValueError, match=f"^{family.name}: the fast renderer renders counter and gauge families, "
+                                         f"not '{family.type}'$"):
+        render([GaugeMetricFamily("awe_test_plain", "fine", value=0), family])

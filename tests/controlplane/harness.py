@@ -22,14 +22,11 @@ die with the test process even if it is SIGKILLed; a normal run stops them in or
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import concurrent.futures
-import contextlib
 import csv
 import ctypes
-import datetime as dt
 import http.client
 import io
 import ipaddress
@@ -43,21 +40,20 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+
+from exporter import pki
+from tests import netns_backend
 
 from .netns import SUBNET as NETNS_SUBNET
 
@@ -109,128 +105,14 @@ def find_binaries(bin_dir: Path | None = None) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------------------------- #
-# PKI
+# PKI: exporter.pki's CertificateAuthority (the apiserver's serving certificate, webhook backends)
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    """A PEM certificate and its PEM private key."""
-
-    cert_pem: bytes
-    key_pem: bytes
-
-    def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
-        """Write ``stem.crt`` / ``stem.key`` (0600) and return their paths."""
-        directory.mkdir(parents=True, exist_ok=True)
-        crt, key = directory / f"{stem}.crt", directory / f"{stem}.key"
-        crt.write_bytes(self.cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(self.key_pem)
-        return crt, key
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-class CertificateAuthority:
-    """A throw-away CA (ECDSA P-256: fast to generate, accepted by Go and OpenSSL).
-
-    Used for the apiserver's serving cert and reusable by tests for webhook backends: put
-    :attr:`cert_pem` in a webhook's ``caBundle`` and serve a cert from :meth:`issue`.
-    """
-
-    def __init__(self, common_name: str = "awe-test-ca", days: int = 30) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self._name = name
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert_pem: bytes = self._cert.public_bytes(serialization.Encoding.PEM)
-        self.key_pem: bytes = _key_pem(self._key)
-
-    def issue(
-        self,
-        common_name: str,
-        dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[str] = (),
-        server: bool = True,
-        client: bool = False,
-        days: int = 30,
-    ) -> KeyPair:
-        """Issue a leaf certificate; SANs are what TLS clients (Go's crypto/tls) actually check."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        )
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self._name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
-        )
-        if usages:
-            b = b.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(self._key, hashes.SHA256())
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
-def service_account_keypair() -> KeyPair:
-    """RSA key pair for ``--service-account-{key,signing-key}-file`` (cert_pem holds the public key)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return KeyPair(pub, _key_pem(key))
+def write_service_account_keys(directory: Path) -> None:
+    """``sa.crt`` (the public key PEM) and ``sa.key`` for ``--service-account-{key,signing-key}-file``."""
+    key = pki.new_key("rsa")
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pki.write_pair(directory, "sa", public, pki.key_pem(key))
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -365,6 +247,9 @@ class ControlPlane:
         service_account_admission: keep the ServiceAccount admission plugin on (off by default: without
             a kube-controller-manager no namespace gets its ``default`` ServiceAccount, and every Pod
             create would fail). The node layer (tests/node) runs one and needs Pods to get their tokens.
+        audit_log: write the apiserver's audit log (every request at level Metadata: user, verb, requestURI
+            with its query, objectRef, response code) to ``audit_log_path``; ``audit_events()`` reads it. What
+            a client really sent, recorded by the apiserver, not by the client.
         extra_apiserver_flags: appended last (later flags win).
         ready_timeout_s: bound for etcd and apiserver readiness.
     """
@@ -380,6 +265,7 @@ class ControlPlane:
         proxy_url_webhooks: bool = False,
         watch_cache: bool = True,
         service_account_admission: bool = False,
+        audit_log: bool = False,
         extra_apiserver_flags: Sequence[str] = (),
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
@@ -391,13 +277,14 @@ class ControlPlane:
         self.proxy_url_webhooks = proxy_url_webhooks
         self.watch_cache = watch_cache
         self.service_account_admission = service_account_admission
+        self.audit_log = audit_log
         self.extra_apiserver_flags = list(extra_apiserver_flags)
         self.ready_timeout_s = ready_timeout_s
         self.admin_token: str = secrets.token_hex(24)
         self._tokens: dict[str, StaticToken] = {
             ADMIN_USER: StaticToken(self.admin_token, ADMIN_USER, ADMIN_USER, ("system:masters",))
         }
-        self.ca = CertificateAuthority("awe-test-ca")
+        self.ca = pki.CertificateAuthority.create("awe-test-ca")
         self.data_dir: Path | None = None
         self.etcd_port = 0
         self.etcd_peer_port = 0
@@ -464,6 +351,10 @@ class ControlPlane:
         return self._dir() / "egress-proxy.jsonl"
 
     @property
+    def audit_log_path(self) -> Path:
+        return self._dir() / "audit.jsonl"
+
+    @property
     def apiserver_log_path(self) -> Path:
         return self._dir() / "kube-apiserver.log"
 
@@ -517,26 +408,19 @@ class ControlPlane:
 
     def _write_files(self) -> None:
         d = self._dir()
-        pki = d / "pki"
-        pki.mkdir()
-        (pki / "ca.crt").write_bytes(self.ca.cert_pem)
-        self.ca.issue(
-            "kube-apiserver",
-            dns_names=[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            ip_addresses=["127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)],
-        ).write(pki, "apiserver")
-        service_account_keypair().write(pki, "sa")  # sa.crt = public key PEM, sa.key = private key
+        pki_dir = d / "pki"
+        pki_dir.mkdir()
+        (pki_dir / "ca.crt").write_bytes(self.ca.cert_pem)
+        names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local", "127.0.0.1",
+                 str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)]
+        self.ca.issue(names, common_name="kube-apiserver").write(pki_dir, "apiserver")
+        write_service_account_keys(pki_dir)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for t in self._tokens.values():
             w.writerow([t.token, t.user, t.uid, *([",".join(t.groups)] if t.groups else [])])
-        tokens = pki / "tokens.csv"
+        tokens = pki_dir / "tokens.csv"
         tokens.touch(mode=0o600)
         tokens.write_text(buf.getvalue())
         self.egress_map_path.write_text("{}")
@@ -561,6 +445,11 @@ class ControlPlane:
                 f"        udsName: {s}",
             ]
         (d / "egress-selector.yaml").write_text("\n".join(lines) + "\n")
+        # Metadata: who, what, where (requestURI keeps the query, e.g. ?dryRun=All) and the answer's code; no
+        # bodies. Only ResponseComplete (one line per request); long-running watches also log ResponseStarted.
+        (d / "audit-policy.yaml").write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+            "rules:\n  - level: Metadata\n")
 
     def _start_etcd(self) -> None:
         d = self._dir()
@@ -616,7 +505,7 @@ class ControlPlane:
 
     def _apiserver_argv(self) -> list[str]:
         d = self._dir()
-        pki = d / "pki"
+        pki_dir = d / "pki"
         issuer = "https://kubernetes.default.svc.cluster.local"
         argv = [
             str(self.apiserver_bin),
@@ -625,12 +514,12 @@ class ControlPlane:
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={d / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--token-auth-file={pki / 'tokens.csv'}",
-            f"--service-account-key-file={pki / 'sa.crt'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+            f"--client-ca-file={pki_dir / 'ca.crt'}",
+            f"--token-auth-file={pki_dir / 'tokens.csv'}",
+            f"--service-account-key-file={pki_dir / 'sa.crt'}",
+            f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
             f"--service-account-issuer={issuer}",
             f"--api-audiences={issuer}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -647,6 +536,9 @@ class ControlPlane:
             argv.append("--enable-aggregator-routing=true")
         if not self.watch_cache:
             argv.append("--watch-cache=false")
+        if self.audit_log:
+            argv += [f"--audit-policy-file={d / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log_path}",
+                     "--audit-log-format=json", "--audit-log-mode=blocking", "--audit-log-maxbackup=0"]
         return argv + self.extra_apiserver_flags
 
     def start_apiserver(self) -> float:
@@ -779,6 +671,18 @@ class ControlPlane:
         r = self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode(), "count_only": True})
         return int(r["header"]["revision"])
 
+    def etcd_put_object(self, key: str, obj: dict[str, Any]) -> None:
+        """Store ``obj`` as JSON under ``key`` (``/registry/<resource>/[<namespace>/]<name>``) straight into etcd,
+        past the apiserver's validation: for objects that today's API refuses but older API versions admitted and
+        clusters still hold (a webhook with ``sideEffects: Some``, stored through admissionregistration/v1beta1).
+        The apiserver reads JSON from etcd as it reads its own protobuf; its watch cache picks the object up.
+        """
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._etcd_post("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                       "value": base64.b64encode(json.dumps(obj).encode()).decode()})
+
     def compact_etcd(self, revision: int | None = None) -> int:
         """Compact etcd history up to ``revision`` (default: current) the way kube-apiserver's own
         compactor does, and return the revision.
@@ -825,6 +729,36 @@ class ControlPlane:
         tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
         os.replace(tmp, self.egress_map_path)  # atomic: the proxy never reads a half-written map
 
+    def refuse(self, target: str, how: str = "drop") -> None:
+        """Model a firewall between the control plane and one destination: the proxy drops (``how="drop"``: the
+        CONNECT is never answered, the apiserver times out) or rejects (``"reject"``: 502, a refused dial) every
+        CONNECT to ``target`` (``host:port`` as the apiserver dials it: a url webhook's host and port, a Service's
+        ``clusterIP:port`` or ``name.ns.svc:port``). Takes effect on the next CONNECT, and the proxy cuts the
+        tunnels already open to ``target`` (the apiserver keeps its connections to a webhook alive) within a
+        fraction of a second."""
+        if how not in ("drop", "reject"):
+            raise ValueError(f"how is drop or reject, not {how!r}")
+        m: dict[str, str] = json.loads(self.egress_map_path.read_text() or "{}")
+        m[target] = f"!{how}"
+        self._write_map(m)
+
+    def unrefuse(self, target: str) -> None:
+        """Lift ``refuse(target)``."""
+        m: dict[str, str] = json.loads(self.egress_map_path.read_text() or "{}")
+        if m.get(target, "").startswith("!"):
+            del m[target]
+        self._write_map(m)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every event of the apiserver's audit log so far (``audit_log=True``), oldest first."""
+        if not self.audit_log:
+            raise RuntimeError("the control plane was started without audit_log=True")
+        try:
+            text = self.audit_log_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
     def egress_log(self) -> list[dict[str, Any]]:
         """All CONNECT records the egress proxy logged so far."""
         try:
@@ -835,197 +769,8 @@ class ControlPlane:
 
 
 # --------------------------------------------------------------------------------------------- #
-# a minimal admission webhook backend (thread on loopback, or a process inside a network namespace)
+# webhook backends: exporter.backend.WebhookBackend, in-process (tests.servers.Threaded) or as a process
+# inside a network namespace (tests.netns_backend)
 
 
-class _ReviewHandler(BaseHTTPRequestHandler):
-    server: AdmissionWebhookBackend
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        self.request.settimeout(10)
-        super().setup()
-
-    def do_POST(self) -> None:
-        srv = self.server
-        try:
-            review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            req = review["request"]
-        except (ValueError, KeyError, TypeError):
-            self._send(400, b"bad AdmissionReview")
-            return
-        path, _, query = self.path.partition("?")
-        call = {
-            "path": path,
-            "query": query,
-            "uid": req.get("uid"),
-            "kind": (req.get("kind") or {}).get("kind"),
-            "operation": req.get("operation"),
-            "namespace": req.get("namespace"),
-            "name": req.get("name"),
-            "api_version": review.get("apiVersion"),
-        }
-        with srv.lock:
-            srv.calls.append(call)
-            if srv.calls_file:
-                with open(srv.calls_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(call) + "\n")
-        if srv.delay_s:
-            time.sleep(srv.delay_s)
-        if srv.http_status != 200:
-            self._send(srv.http_status, b"backend told to fail")
-            return
-        resp: dict[str, Any] = {"uid": req.get("uid"), "allowed": srv.allowed}
-        if not srv.allowed:
-            resp["status"] = {"code": 403, "message": srv.message}
-        out = {
-            "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
-            "kind": "AdmissionReview",
-            "response": resp,
-        }
-        self._send(200, json.dumps(out).encode(), "application/json")
-
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class AdmissionWebhookBackend(ThreadingHTTPServer):
-    """HTTPS server answering every AdmissionReview POST (any path) with ``allowed``.
-
-    Why here: every integration test needs a webhook the real apiserver can call. Knobs
-    (``allowed``, ``message``, ``delay_s``, ``http_status``) may be changed while it runs, to
-    produce rejections, timeouts and bad answers. ``calls`` records each review received.
-    """
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        cert_path: Path,
-        key_path: Path,
-        *,
-        allowed: bool = True,
-        message: str = "denied by test backend",
-        delay_s: float = 0.0,
-        http_status: int = 200,
-        calls_file: Path | None = None,
-    ) -> None:
-        super().__init__((host, port), _ReviewHandler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert_path), str(key_path))
-        # handshake lazily in the handler thread, so one stalled client cannot block accept()
-        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.allowed, self.message, self.delay_s, self.http_status = allowed, message, delay_s, http_status
-        self.calls_file = calls_file
-        self.calls: list[dict[str, Any]] = []
-        #: connection-level errors while answering (e.g. BrokenPipe after an apiserver timeout)
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet: the apiserver hanging up on a slow backend (timeouts) is an expected event."""
-        exc = sys.exc_info()[1]
-        with self.lock:
-            self.errors.append(repr(exc))
-
-    def start(self) -> AdmissionWebhookBackend:
-        """Serve in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Behave like a dead backend: stop accepting, close the listening socket (new connections
-        are refused) and cut the apiserver's kept-alive connections (or it would keep using them)."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(10)
-            self._thread = None
-        self.server_close()
-        with self.lock:
-            conns = list(self._conns)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-
-
-def webhook_backend_command(
-    host: str,
-    port: int,
-    cert_path: Path,
-    key_path: Path,
-    calls_file: Path | None = None,
-    allowed: bool = True,
-) -> list[str]:
-    """argv running :class:`AdmissionWebhookBackend` as a process (e.g. via NetNamespace.popen,
-    with ``cwd=REPO_ROOT``)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.controlplane.harness",
-        "webhook-backend",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--cert",
-        str(cert_path),
-        "--key",
-        str(key_path),
-    ]
-    if calls_file is not None:
-        argv += ["--calls-file", str(calls_file)]
-    if not allowed:
-        argv.append("--deny")
-    return argv
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m tests.controlplane.harness")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    wb = sub.add_parser("webhook-backend", help="serve AdmissionReviews over HTTPS until SIGTERM")
-    wb.add_argument("--host", required=True)
-    wb.add_argument("--port", type=int, required=True)
-    wb.add_argument("--cert", type=Path, required=True)
-    wb.add_argument("--key", type=Path, required=True)
-    wb.add_argument("--calls-file", type=Path)
-    wb.add_argument("--deny", action="store_true")
-    a = ap.parse_args(argv)
-    srv = AdmissionWebhookBackend(a.host, a.port, a.cert, a.key, allowed=not a.deny, calls_file=a.calls_file)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"webhook backend on https://{a.host}:{srv.port}", file=sys.stderr, flush=True)
-    try:
-        srv.serve_forever(poll_interval=0.2)
-    finally:
-        srv.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
+webhook_backend_command = netns_backend.command  # argv for NetNamespace.popen, with ``cwd=REPO_ROOT``

@@ -26,17 +26,18 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from exporter.backend import WebhookBackend
 from tests.controlplane.egress_proxy import split_host_port
 from tests.controlplane.fixtures import *  # noqa: F403 - fixtures
 from tests.controlplane.fixtures import EXPORTER_USER, api_client_for
 from tests.controlplane.harness import (
     REPO_ROOT,
-    AdmissionWebhookBackend,
     ControlPlane,
     free_port,
     webhook_backend_command,
 )
 from tests.controlplane.netns import SUBNET, NetNamespace
+from tests.servers import Threaded
 
 pytestmark = pytest.mark.controlplane
 T = TypeVar("T")
@@ -141,9 +142,8 @@ def create_cm_until_seen(api: Any, namespace: str, seen: Callable[[str], bool], 
 
 
 @pytest.fixture
-def loopback_backend(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AdmissionWebhookBackend]:
-    cert, key = control_plane.ca.issue("loopback-webhook", ip_addresses=["127.0.0.1"]).write(tmp_path, "hook")
-    srv = AdmissionWebhookBackend("127.0.0.1", 0, cert, key).start()
+def loopback_backend(control_plane: ControlPlane) -> Iterator[Threaded[WebhookBackend]]:
+    srv = Threaded(WebhookBackend(control_plane.ca.issue(["127.0.0.1"], common_name="loopback-webhook"))).start()
     yield srv
     srv.stop()
 
@@ -196,13 +196,13 @@ def test_namespace_service_and_endpointslice(kube_api: Any, namespace: str) -> N
 
 
 def test_url_webhook_called_then_fails_closed(
-    control_plane: ControlPlane, kube_api: Any, namespace: str, loopback_backend: AdmissionWebhookBackend
+    control_plane: ControlPlane, kube_api: Any, namespace: str, loopback_backend: Threaded[WebhookBackend]
 ) -> None:
     cfg = webhook_config(
         f"url-{namespace}",
         namespace,
         {
-            "url": f"https://127.0.0.1:{loopback_backend.port}/validate",
+            "url": f"https://127.0.0.1:{loopback_backend.server.port}/validate",
             "caBundle": base64.b64encode(control_plane.ca.cert_pem).decode(),
         },
     )
@@ -210,12 +210,12 @@ def test_url_webhook_called_then_fails_closed(
         name = create_cm_until_seen(
             kube_api,
             namespace,
-            lambda n: any(c["name"] == n for c in loopback_backend.calls),
+            lambda n: any(c.name == n for c in loopback_backend.server.calls),
             "url webhook call",
         )
-        call = next(c for c in loopback_backend.calls if c["name"] == name)
-        assert (call["kind"], call["operation"], call["path"]) == ("ConfigMap", "CREATE", "/validate")
-        assert call["query"] == "timeout=5s"  # the apiserver tells the backend its timeoutSeconds
+        call = next(c for c in loopback_backend.server.calls if c.name == name)
+        assert (call.kind, call.operation, call.path) == ("ConfigMap", "CREATE", "/validate")
+        assert call.query == "timeout=5s"  # the apiserver tells the backend its timeoutSeconds
         loopback_backend.stop()
         with pytest.raises(ApiException) as e:
             create_cm(kube_api, namespace)
@@ -233,7 +233,7 @@ def test_service_webhook_through_egress_proxy_into_netns(
 ) -> None:
     ns_ip, port = netns_host.address, 8443
     dns = f"hook.{namespace}.svc"
-    cert, key = control_plane.ca.issue(dns, dns_names=[dns]).write(tmp_path, "hook")
+    cert, key = control_plane.ca.issue([dns]).write(tmp_path, "hook")
     calls = tmp_path / "calls.jsonl"
     backend = netns_host.popen(
         webhook_backend_command(ns_ip, port, cert, key, calls_file=calls),
@@ -301,17 +301,17 @@ def test_service_webhook_through_egress_proxy_into_netns(
 
 
 def test_webhook_metrics_have_name_and_type(
-    control_plane: ControlPlane, kube_api: Any, namespace: str, loopback_backend: AdmissionWebhookBackend
+    control_plane: ControlPlane, kube_api: Any, namespace: str, loopback_backend: Threaded[WebhookBackend]
 ) -> None:
     ca = base64.b64encode(control_plane.ca.cert_pem).decode()
-    url = f"https://127.0.0.1:{loopback_backend.port}"
+    url = f"https://127.0.0.1:{loopback_backend.server.port}"
     v = webhook_config(f"mv-{namespace}", namespace, {"url": url + "/validate", "caBundle": ca})
     m = webhook_config(f"mm-{namespace}", namespace, {"url": url + "/mutate", "caBundle": ca}, mutating=True)
     with installed(kube_api, v), installed(kube_api, m):
 
         def both() -> bool:
             create_cm(kube_api, namespace)
-            return {c["path"] for c in loopback_backend.calls} >= {"/validate", "/mutate"}
+            return {c.path for c in loopback_backend.server.calls} >= {"/validate", "/mutate"}
 
         until(both, 20, "both webhooks called")
     text = control_plane.metrics_text()

@@ -18,7 +18,7 @@ role               policy    backend                                            
 "called by" is which ConfigMap creations in our namespace the kube-apiserver sends to the webhook
 (``traffic()``), scoped with the ``awe-e2e.example.com/route`` object label. Every webhook has a
 namespaceSelector matching only our namespace, so nothing else in the shared control plane is intercepted.
-``risky`` is what the configuration audit (exporter/audit.py) reports as ``fail_policy_long_timeout``, a real
+``risky`` is what the configuration audit (exporter/audit/) reports as ``fail_policy_long_timeout``, a real
 finding that costs nothing here: the audit decides what a webhook intercepts the way the apiserver does
 (namespaceSelector, objectSelector, matchConditions), so a webhook that intercepts nothing in practice cannot
 be flagged for matching kube-system, but a timeout above 15 s is flagged whatever the scope.
@@ -27,7 +27,10 @@ The ``no_endpoints`` Service's only endpoint (10.213.7.0/24, the test network na
 validation accepts) is never ready, so neither the exporter nor the apiserver ever dials it.
 
 The exporter runs in-process as ``serve`` would (live discovery with the admin kubeconfig, probe interval
-1 s) and serves /metrics on 127.0.0.1; kubernetes client calls run in a thread so that this event loop keeps
+1 s), with the canary on in our namespace (``--canary-namespace``, interval 1 s: healthy, expiring and denying are
+reachable through the apiserver, broken and no_endpoints are not, risky's dry run is answered by no_endpoints'
+failure first (inconclusive), fail_open is not canaried: Ignore),
+and serves /metrics on 127.0.0.1; kubernetes client calls run in a thread so that this event loop keeps
 serving the backends, the exporter and its probes meanwhile.
 """
 
@@ -47,6 +50,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.backend import Behaviour
+from exporter.canary import Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import KubeApi, load_credentials
 from exporter.pki import CertificateAuthority
@@ -55,7 +59,7 @@ from tests.conftest import Servers
 from tests.kube import Kube
 
 ROUTE_LABEL = "awe-e2e.example.com/route"
-RISKY_TIMEOUT_S = 20  # > exporter/audit.py's LONG_TIMEOUT_SECONDS (15)
+RISKY_TIMEOUT_S = 20  # > exporter/audit/rules.py's LONG_TIMEOUT_SECONDS (15)
 EXPIRING_IN = dt.timedelta(days=3)
 PROBE_INTERVAL_S = 1.0
 NETNS_ADDRESS = "10.213.7.200"  # inside the netns /24 validation accepts; never ready, never dialled
@@ -208,10 +212,10 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
         for conf, webhooks in by_conf.items():
             await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(conf, *webhooks))
             created.append(conf)
-        exporter = Exporter(interval=PROBE_INTERVAL_S)
-        discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))), exporter.state.adopt)
-        exporter.attach(discovery)
-        await discovery.start()
+        discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
+        canary = Canary(discovery.api, CanaryConfig(namespace=namespace, interval=PROBE_INTERVAL_S))
+        exporter = Exporter(interval=PROBE_INTERVAL_S, discovery=discovery, canary=canary)
+        await exporter.start()
         port = await exporter.serve("127.0.0.1", 0)
         running = Scenario(namespace=namespace, hooks=hooks, configurations=created, exporter=exporter,
                            exporter_port=port, kube=kube)

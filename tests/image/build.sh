@@ -7,7 +7,7 @@
 # $AWE_CACHE/containers; /etc/containers and the system's image store are never read or written):
 #   1. localhost/awe-python:3.11-bookworm: Debian bookworm (minbase) with Debian's python3 (3.11), python3-venv,
 #      python-is-python3 and ca-certificates, made by mmdebstrap from the Debian mirror apt uses here. The
-#      rootfs tar is cached as $AWE_CACHE/images/awe-python-3.11-bookworm.rootfs.tar and `podman import`ed.
+#      rootfs tar is cached as $AWE_CACHE/images/awe-python-3.11-bookworm.r<recipe>.rootfs.tar and `podman import`ed.
 #   2. ghcr.io/admission-webhook-exporter/admission-webhook-exporter:<chart appVersion>: the project's Dockerfile
 #      with --build-arg PYTHON_IMAGE=localhost/awe-python:3.11-bookworm (the Dockerfile's default stays the
 #      official python image for users). pip inside the build reaches PyPI with the host's trust store and pip
@@ -44,7 +44,10 @@ PODMAN_RUN=/run/awe-podman-$(printf %s "$PODMAN_HOME" | sha256sum | cut -c1-8)
 TIMEOUT=${AWE_IMAGE_TIMEOUT:-1800}
 SUITE=bookworm
 BASE_IMAGE=localhost/awe-python:3.11-$SUITE
-BASE_TAR=$IMAGES/awe-python-3.11-$SUITE.rootfs.tar
+BASE_RECIPE=3  # bump when the mmdebstrap command below changes
+# The recipe is in the file name: worktrees on older versions of this script share the cache, and must not
+# rebuild the base (minutes) back and forth over one file.
+BASE_TAR=$IMAGES/awe-python-3.11-$SUITE.r$BASE_RECIPE.rootfs.tar
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
@@ -109,7 +112,7 @@ context_hash() {  # the Dockerfile's build context (.dockerignore: pyproject.tom
     find exporter -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
   } | while IFS= read -r f; do printf '%s  %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"; done | sha256sum | cut -d' ' -f1)
 }
-base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=2"; }
+base_want() { echo "suite=$SUITE packages=$BASE_PACKAGES recipe=$BASE_RECIPE"; }
 image_want() { echo "image=$IMAGE base=$(base_want) context=$(context_hash)"; }
 pause_want() { echo "image=$PAUSE_IMAGE catatonit=$(sha256sum </usr/bin/catatonit | cut -d' ' -f1) recipe=1"; }
 fresh() {  # $1 = archive, $2 = wanted stamp
@@ -191,8 +194,11 @@ if [[ ! -s $BASE_TAR || ! -f $BASE_TAR.stamp || "$(<"$BASE_TAR.stamp")" != "$(ba
   echo "building the base rootfs with mmdebstrap ($SUITE, $BASE_PACKAGES) from: ${mirrors[*]}"
   t0=$(date +%s)
   rm -f "$BASE_TAR.stamp"
-  # Documentation, man pages and translations are never read in the image (copyright files stay).
+  # Documentation, man pages and translations are never read in the image (copyright files stay). Merged /usr
+  # by mmdebstrap's hook (usr-is-merged), as debootstrap does it, not by the usrmerge package, whose perl
+  # (47 MB) would otherwise stay in the image.
   timeout "$TIMEOUT" mmdebstrap --variant=minbase --mode=root --format=tar --include="$BASE_PACKAGES" \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
@@ -215,6 +221,11 @@ if ! podman image exists "$BASE_IMAGE" \
   printf 'FROM %s\nLABEL awe.base="%s"\n' "$tmp_tag" "$(base_want)" >"$WORK/Containerfile.base"
   podman build --pull=never -q -t "$BASE_IMAGE" -f "$WORK/Containerfile.base" "$WORK" >/dev/null
   podman rmi "$tmp_tag" >/dev/null 2>&1 || true
+  # A new base invalidates the cached build layers made on the old one: drop those (untagged, and carrying the old
+  # base's label) so the store does not grow. Only ours: other images in this store are left alone.
+  podman images -a -f dangling=true --format '{{.ID}} {{index .Labels "awe.base"}}' 2>/dev/null \
+    | awk -v want="$(base_want)" '{id = $1; $1 = ""; sub(/^ /, "")} $0 ~ /^suite=/ && $0 != want {print id}' \
+    | xargs -r /usr/bin/podman rmi -f >/dev/null 2>&1 || true
   echo "base image imported: $BASE_IMAGE"
 fi
 

@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -172,3 +173,73 @@ async def test_serve_probes_and_answers_metrics(images: Images, servers: Servers
     assert uids.split()[1:] == [str(NONROOT)] * 4
     state = json.loads((await asyncio.to_thread(images.podman, "inspect", name)).stdout)[0]
     assert state["HostConfig"]["ReadonlyRootfs"] is True
+
+
+def test_the_image_leaves_out_what_the_exporter_never_uses(images: Images) -> None:
+    """No `kubernetes` client (kubeconfig.py reads credentials itself) and no CEL REPL (typer, rich,
+    prompt_toolkit): importing the CLI loads none of them."""
+    probe = ("import importlib.util, sys, exporter.cli, exporter.audit, exporter.kubeconfig; "
+             "gone = ['kubernetes', 'typer', 'rich', 'prompt_toolkit', 'pygments', 'pydantic', 'cel.cli']; "
+             "print([m for m in gone if importlib.util.find_spec(m) is not None or m in sys.modules])")
+    done = images.podman("run", "--rm", "--network", "none", "--entrypoint", "python", images.image, "-c", probe)
+    assert done.stdout.strip() == "[]"
+
+
+def test_audit_evaluates_cel_in_the_image(images: Images, tmp_path: Path) -> None:
+    """matchConditions are compiled and evaluated by the CEL package the image slimmed down."""
+    hook = f.webhook("cel.image.test", f.url_client(1, "Zm9v"), policy="Fail",
+                     matchConditions=[{"name": "team", "expression": 'object.metadata.labels["team"] == "a"'}])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir(mode=0o755)
+    (manifests / "webhooks.yaml").write_text(yaml.safe_dump(f.configuration("cel-test", hook)))
+    (manifests / "webhooks.yaml").chmod(0o644)
+    done = images.podman("run", "--rm", "--network", "none", "--read-only", "--volume", f"{manifests}:/m:ro",
+                         images.image, "audit", "--manifests", "/m", "--output", "json", "--fail-on", "never")
+    findings = json.loads(done.stdout)["findings"]
+    matched = [x for x in findings if x["id"] == "match_condition_invalid"]
+    assert matched and "fails on" in matched[0]["why"], findings
+
+
+@pytest.mark.controlplane
+async def test_serve_in_cluster_without_the_kubernetes_package(images: Images, control_plane: Any, servers: Servers,
+                                                               containers: list[str], tmp_path: Path) -> None:
+    """`serve` in the image as in a pod: KUBERNETES_SERVICE_HOST/PORT and a service account token and CA where
+    the kubelet mounts them; it watches the real kube-apiserver and probes the webhook it finds there."""
+    ca = CertificateAuthority.create("image in-cluster CA")
+    backend = await servers.backend(ca.issue(["127.0.0.1"]))
+    name = f"image-{uuid.uuid4().hex[:8]}"
+    nowhere: dict[str, Any] = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}}
+    body = f.configuration(name, f.webhook(f"{name}.image.test", f.url_client(backend.port, ca.ca_bundle),
+                                           policy="Ignore", **nowhere))
+    path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    status, answer = await asyncio.to_thread(control_plane.request, path, "POST", body)
+    assert status == 201, answer
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir(mode=0o755)
+    (sa / "token").write_text(control_plane.admin_token)
+    (sa / "ca.crt").write_bytes(control_plane.ca_path.read_bytes())
+    for file in sa.iterdir():
+        file.chmod(0o644)
+    port, api_port = await free_port(), control_plane.server_url.rsplit(":", 1)[1]
+    container = f"awe-image-test-{uuid.uuid4().hex[:8]}"
+    containers.append(container)
+    try:
+        await asyncio.to_thread(
+            images.podman, "run", "--detach", "--name", container, "--network", "host", "--read-only",
+            "--cap-drop", "ALL", "--env", "KUBERNETES_SERVICE_HOST=127.0.0.1",
+            "--env", f"KUBERNETES_SERVICE_PORT={api_port}",
+            "--volume", f"{sa}:/var/run/secrets/kubernetes.io/serviceaccount:ro", images.image,
+            "serve", "--listen-address", f"127.0.0.1:{port}", "--probe-interval", "1")
+        want = f'admission_webhook_probe_success{{configuration="{name}",name="{name}.image.test"'
+        deadline, text = time.monotonic() + 60, ""
+        while not any(line.startswith(want) and line.endswith(" 1.0") for line in text.splitlines()):
+            if time.monotonic() > deadline:
+                logs = (await asyncio.to_thread(images.podman, "logs", container, check=False)).stderr
+                pytest.fail(f"{name} not probed healthy within 60 s; container log:\n{logs[-3000:]}")
+            await asyncio.sleep(0.2)
+            try:
+                text = await asyncio.to_thread(_metrics, port)
+            except OSError:
+                continue
+    finally:
+        await asyncio.to_thread(control_plane.request, f"{path}/{name}", "DELETE")

@@ -1,36 +1,38 @@
-"""Deadlock-risk audit: pure rules over the inventory that flag webhook configurations able to wedge a cluster.
+"""The audit's rules: pure functions from a webhook (or all of them) and the inventory to findings.
 
-Probes say a backend is down now; the audit says, ahead of any outage, what a down backend would take with
-it. It decides what a webhook intercepts the way the kube-apiserver does (rules with their `*`, `*/*` and
-`res/*` forms, scope, namespaceSelector against the namespace's labels, objectSelector, and matchConditions
-evaluated as CEL against a synthetic AdmissionRequest), for the requests the control plane itself must get
-through to start and heal: IPAddress and ServiceCIDR allocation, node and lease heartbeats, kube-system
-workloads, the webhook backend's own pods.
-
-Every rule returns frozen `Finding`s with a stable id (documented in docs/audit.md), a severity, a one-line
-why and the exact snippet that removes the finding. The same functions back `admission-webhook-exporter
-audit`, the `admission_webhook_risk_info` metric, and the tests.
+Each per-webhook rule asks `matching.intercepts` about the requests a down backend would block (kube-system's
+writes, its own backend's pods, the cluster's bootstrap kinds); the cross-webhook rules find Fail webhooks that
+gate each other's backends (cycles) and chains of webhooks one write may wait on past the apiserver's budget.
+`audit()` runs them all.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
 
-import cel
-import cel.stdlib
-import yaml
-from prometheus_client.core import GaugeMetricFamily, Metric
-
-from .model import Inventory, LabelSelector, LabelSelectorRequirement, Rule, Webhook, WebhookKey
-from .targets import WebhookPlan, plan
-
-Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")  # most severe first
+from ..model import Inventory, Webhook, WebhookKey
+from ..resources import ENDPOINT_SLICES, ENDPOINTS, IP_ADDRESSES, LEASES, NAMESPACES, NODES, PODS, SERVICE_CIDRS
+from ..targets import WebhookPlan, plan
+from .matching import (
+    APISERVER,
+    CATALOGUE,
+    CONTROLLER_MANAGER,
+    KUBE_SYSTEM_KINDS,
+    NODE,
+    REPLICASET_CONTROLLER,
+    VIRTUAL,
+    WORKLOADS,
+    Request,
+    compile_condition,
+    evaluate_conditions,
+    intercepts,
+    namespace_labels,
+    resource_of,
+    selector_matches,
+    webhook_rules_match,
+)
+from .render import SEVERITIES, Finding, Severity, namespace_selector_fix, yaml_snippet
 
 # The kube-apiserver bounds a write request's admission at 34 s (requestTimeoutUpperBound in
 # k8s.io/apiserver/pkg/endpoints/handlers): a chain of webhooks that may take longer fails the write.
@@ -39,19 +41,6 @@ REQUEST_BUDGET_SECONDS = 34
 # outage; 15 s is half the API's 30 s maximum and leaves room for a mutating and a validating call in the
 # 34 s budget. The API default (10 s) stays below it.
 LONG_TIMEOUT_SECONDS = 15
-NAME_LABEL = "kubernetes.io/metadata.name"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One risk of one webhook: `id` is stable (alerts and silences match on it), `fix` is YAML to apply."""
-
-    id: str
-    severity: Severity
-    webhook: WebhookKey
-    why: str
-    fix: str
-
 
 # -- Rule ids (docs/audit.md documents each) ---------------------------------------------------------------
 KUBE_SYSTEM = "fail_policy_matches_kube_system"
@@ -67,299 +56,14 @@ MATCH_CONDITION = "match_condition_invalid"
 FAIL_OPEN = "fail_open_security_webhook"
 SERVICE_MISSING = "backend_service_not_found"
 PORT_MISSING = "backend_service_port_not_found"
+FIREWALL_PORT = "control_plane_firewall_port"
 
 RULE_IDS: tuple[str, ...] = (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE, TIMEOUT_BUDGET, SINGLE_ENDPOINT,
                              LONG_TIMEOUT, SIDE_EFFECTS, VIRTUAL_RESOURCE, MATCH_CONDITION, FAIL_OPEN,
-                             SERVICE_MISSING, PORT_MISSING)
-
-
-# -- What the apiserver sends: resources, requests --------------------------------------------------------
-@dataclass(frozen=True)
-class ApiResource:
-    group: str
-    version: str
-    resource: str
-    kind: str
-    namespaced: bool
-
-
-def _res(group: str, resource: str, kind: str, namespaced: bool = True, version: str = "v1") -> ApiResource:
-    return ApiResource(group, version, resource, kind, namespaced)
-
-
-PODS = _res("", "pods", "Pod")
-NAMESPACES = _res("", "namespaces", "Namespace", False)
-NODES = _res("", "nodes", "Node", False)
-ENDPOINTS = _res("", "endpoints", "Endpoints")
-LEASES = _res("coordination.k8s.io", "leases", "Lease")
-ENDPOINT_SLICES = _res("discovery.k8s.io", "endpointslices", "EndpointSlice")
-SERVICE_CIDRS = _res("networking.k8s.io", "servicecidrs", "ServiceCIDR", False)
-IP_ADDRESSES = _res("networking.k8s.io", "ipaddresses", "IPAddress", False)
-WORKLOADS = (_res("apps", "deployments", "Deployment"), _res("apps", "replicasets", "ReplicaSet"),
-             _res("apps", "statefulsets", "StatefulSet"), _res("apps", "daemonsets", "DaemonSet"),
-             _res("batch", "jobs", "Job"), _res("batch", "cronjobs", "CronJob"))
-VIRTUAL = (_res("authentication.k8s.io", "tokenreviews", "TokenReview", False),
-           _res("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview", False),
-           _res("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview", False),
-           _res("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
-           _res("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview"),
-           _res("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False))
-# What kube-system's components and add-ons write there (CoreDNS, kube-proxy, leader election, CA publishing).
-KUBE_SYSTEM_KINDS = (PODS, *WORKLOADS[:4], _res("", "configmaps", "ConfigMap"), _res("", "secrets", "Secret"),
-                     _res("", "serviceaccounts", "ServiceAccount"), _res("", "services", "Service"),
-                     ENDPOINTS, ENDPOINT_SLICES, LEASES)
-# Common kinds a wildcard rule also catches: the candidates of the timeout budget.
-CATALOGUE = (*KUBE_SYSTEM_KINDS, *WORKLOADS[4:], NAMESPACES, NODES, SERVICE_CIDRS, IP_ADDRESSES,
-             _res("", "persistentvolumeclaims", "PersistentVolumeClaim"),
-             _res("", "persistentvolumes", "PersistentVolume", False), _res("", "events", "Event"),
-             _res("networking.k8s.io", "ingresses", "Ingress"),
-             _res("networking.k8s.io", "networkpolicies", "NetworkPolicy"),
-             _res("rbac.authorization.k8s.io", "roles", "Role"),
-             _res("rbac.authorization.k8s.io", "rolebindings", "RoleBinding"),
-             _res("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", False),
-             _res("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", False),
-             _res("certificates.k8s.io", "certificatesigningrequests", "CertificateSigningRequest", False))
-# The apiserver never sends its own admission configuration to webhooks (IsExemptAdmissionConfigurationResource).
-EXEMPT_GROUP = "admissionregistration.k8s.io"
-
-APISERVER = ("system:apiserver", ("system:authenticated", "system:masters"))
-NODE = ("system:node:node-1", ("system:authenticated", "system:nodes"))
-CONTROLLER_MANAGER = ("system:kube-controller-manager", ("system:authenticated",))
-REPLICASET_CONTROLLER = ("system:serviceaccount:kube-system:replicaset-controller",
-                         ("system:authenticated", "system:serviceaccounts", "system:serviceaccounts:kube-system"))
-ADMIN = ("kubernetes-admin", ("system:authenticated", "system:masters"))
-
-
-@dataclass(frozen=True)
-class Request:
-    """A synthetic admission request: the attributes the apiserver matches webhooks against."""
-
-    resource: ApiResource
-    operation: str
-    namespace: str = ""  # "" for cluster-scoped objects; a Namespace's own name for namespaces
-    name: str = "example"
-    subresource: str = ""
-    user: tuple[str, tuple[str, ...]] = ADMIN
-
-    @property
-    def describe(self) -> str:
-        res = self.resource.resource + (f"/{self.subresource}" if self.subresource else "")
-        where = f" in {self.namespace}" if self.namespace and self.resource != NAMESPACES else ""
-        return f"{self.operation} {res}{where}"
-
-
-def resource_of(rule: Rule, resource: str) -> ApiResource | None:
-    """A resource a rule names (a custom resource, usually), or None for wildcards and exempt kinds."""
-    base = resource.partition("/")[0]
-    groups = [g for g in rule.api_groups if g != "*"]
-    if base == "*" or not groups or groups[0] == EXEMPT_GROUP:
-        return None
-    known = next((r for r in CATALOGUE + VIRTUAL if r.resource == base and r.group == groups[0]), None)
-    if known is not None:
-        return known
-    versions = [v for v in rule.api_versions if v != "*"]
-    singular = base[:-1] if base.endswith("s") else base
-    return ApiResource(groups[0], versions[0] if versions else "v1", base, singular[:1].upper() + singular[1:],
-                       rule.scope != "Cluster")
-
-
-# -- Matching, as the apiserver does it --------------------------------------------------------------------
-def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelector semantics: every matchLabels pair and every requirement must hold; empty matches."""
-    if any(labels.get(k) != v for k, v in selector.match_labels):
-        return False
-    return all(_requirement_holds(r, labels) for r in selector.match_expressions)
-
-
-def _requirement_holds(req: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
-    present = req.key in labels
-    if req.operator == "In":
-        return present and labels[req.key] in req.values
-    if req.operator == "NotIn":
-        return not present or labels[req.key] not in req.values
-    if req.operator == "Exists":
-        return present
-    return not present  # DoesNotExist (the parser admits no other operator)
-
-
-def rule_matches(rule: Rule, request: Request, *, equivalent: bool = True) -> bool:
-    """The apiserver's rules.Matcher: operation, group, version, resource/subresource and scope.
-
-    matchPolicy Equivalent also sends a request made through another version of the same resource, so under
-    it the version is not compared (our synthetic requests use the preferred version anyway).
-    """
-    res = request.resource
-    if not ("*" in rule.operations or request.operation in rule.operations):
-        return False
-    if not ("*" in rule.api_groups or res.group in rule.api_groups):
-        return False
-    if not equivalent and not ("*" in rule.api_versions or res.version in rule.api_versions):
-        return False
-    if not any(_resource_matches(r, res.resource, request.subresource) for r in rule.resources):
-        return False
-    if rule.scope == "Namespaced":
-        return res != NAMESPACES and bool(request.namespace)
-    if rule.scope == "Cluster":
-        return res == NAMESPACES or not request.namespace
-    return True
-
-
-def _resource_matches(pattern: str, resource: str, subresource: str) -> bool:
-    # Exactly rules.Matcher.resource(): "*" is every main resource, "*/*" everything, "pods/*" pods and all
-    # of its subresources, "*/status" every status subresource.
-    res, _, sub = pattern.partition("/")
-    return (res in ("*", resource)) and (sub in ("*", subresource))
-
-
-def webhook_rules_match(hook: Webhook, request: Request) -> bool:
-    if request.resource.group == EXEMPT_GROUP:
-        return False
-    equivalent = hook.match_policy != "Exact"
-    return any(rule_matches(r, request, equivalent=equivalent) for r in hook.rules)
-
-
-def namespace_labels(inventory: Inventory, name: str) -> dict[str, str]:
-    """The live labels when discovery saw the Namespace, else the label the apiserver sets on every one."""
-    ns = inventory.namespaces.get(name)
-    return dict(ns.labels) if ns is not None else {NAME_LABEL: name}
-
-
-def namespace_selector_matches(hook: Webhook, request: Request, inventory: Inventory) -> bool:
-    """Cluster-scoped objects other than Namespaces are never exempted by a namespaceSelector."""
-    if not request.namespace:
-        return True
-    return selector_matches(hook.namespace_selector, namespace_labels(inventory, request.namespace))
-
-
-def object_labels(request: Request, inventory: Inventory) -> dict[str, str]:
-    """Labels of the synthetic object: a Namespace has its own; other objects carry none we can know of."""
-    return namespace_labels(inventory, request.name) if request.resource == NAMESPACES else {}
-
-
-# -- matchConditions: CEL, evaluated --------------------------------------------------------------------
-Outcome = Literal["call", "skip", "error", "unknown"]
-
-# Kubernetes adds these CEL libraries and variables to matchConditions; the Python CEL library does not have
-# them, so an expression that needs one is left undecided (and assumed to let the request through).
-KUBERNETES_ONLY = frozenset({
-    "authorizer", "path", "group", "resource", "subresource", "namespace", "check", "allowed", "reason",
-    "errored", "error", "serviceAccount", "fieldSelector", "labelSelector", "isSorted", "find", "findAll",
-    "url", "isURL", "getScheme", "getHost", "getHostname", "getPort", "getEscapedPath", "getQuery", "quantity",
-    "isQuantity", "ip", "isIP", "cidr", "isCIDR", "semver", "isSemver", "format", "optional", "orValue",
-    "hasValue", "value", "of", "none", "namespaceObject", "params", "variables",
-})
-
-
-@dataclass(frozen=True)
-class ConditionVerdict:
-    """What the apiserver does with a request after matchConditions: call, skip, or reject (error)."""
-
-    outcome: Outcome
-    detail: str = ""
-    condition: str = ""  # the name of the matchCondition that decided an error or unknown
-
-
-@functools.lru_cache(maxsize=1)
-def _cel_functions() -> dict[str, Callable[..., Any]]:
-    # Kubernetes enables cel-go's strings, lists, sets and math extensions in matchConditions.
-    context = cel.Context()
-    cel.stdlib.add_stdlib_to_context(context)
-    return context.functions
-
-
-@functools.lru_cache(maxsize=1024)
-def compile_condition(expression: str) -> tuple[cel.Program | None, ConditionVerdict | None]:
-    """A compiled program, or why not: `error` (the expression is invalid) or `unknown` (we cannot parse it)."""
-    try:
-        return cel.compile(expression), None
-    except ValueError as err:
-        message = str(err)
-        # cel-go's own wording, as the apiserver prints it: "ERROR: <input>:1:38: Syntax error: ..."
-        line = next((ln for ln in message.splitlines() if "ERROR: " in ln), message.splitlines()[0])
-        detail = (line[line.index("ERROR: "):] if "ERROR: " in line else line).split(" expecting {")[0]
-        if "unsupported syntax" in message:  # valid in Kubernetes (e.g. optional `.?`), not in this library
-            return None, ConditionVerdict("unknown", f"uses syntax the Python CEL library cannot parse ({detail})")
-        return None, ConditionVerdict("error", detail)
-
-
-def evaluate_condition(expression: str, variables: Mapping[str, Any]) -> ConditionVerdict:
-    """One expression against `request`/`object`/`oldObject`: call (true), skip (false), error or unknown."""
-    program, problem = compile_condition(expression)
-    if program is None:
-        assert problem is not None
-        return problem
-    try:
-        result = program.execute(cel.Context(variables=dict(variables), functions=_cel_functions()))
-    except RuntimeError as err:
-        name = re.search(r"Undefined variable or function: '([^']+)'", str(err))
-        if name is not None and name.group(1) in KUBERNETES_ONLY:
-            return ConditionVerdict("unknown", f"uses {name.group(1)}, a Kubernetes-only CEL library")
-        return ConditionVerdict("error", f"undeclared reference to '{name.group(1)}'" if name else str(err))
-    except KeyError as err:
-        return ConditionVerdict("error", f"no such key: {err.args[0]}")
-    except Exception as err:  # the library raises TypeError, ValueError, ZeroDivisionError...: all eval errors
-        first = str(err).split(":")[0].split(". ")[0]
-        return ConditionVerdict("error", first[:1].lower() + first[1:])
-    if not isinstance(result, bool):
-        return ConditionVerdict("error", f"must evaluate to bool, got {type(result).__name__}")
-    return ConditionVerdict("call" if result else "skip")
-
-
-def admission_variables(request: Request, inventory: Inventory) -> dict[str, Any]:
-    """`request`, `object` and `oldObject` as the apiserver binds them for an AdmissionRequest (v1)."""
-    res = request.resource
-    labels = object_labels(request, inventory)
-    metadata: dict[str, Any] = {"name": request.name}
-    if res.namespaced and request.namespace:
-        metadata["namespace"] = request.namespace
-    if labels:
-        metadata["labels"] = labels
-    obj = {"apiVersion": f"{res.group}/{res.version}" if res.group else res.version, "kind": res.kind,
-           "metadata": metadata}
-    gvk = {"group": res.group, "version": res.version, "kind": res.kind}
-    gvr = {"group": res.group, "version": res.version, "resource": res.resource}
-    username, groups = request.user
-    body = {
-        "uid": "00000000-0000-0000-0000-000000000000", "kind": gvk, "resource": gvr,
-        "subResource": request.subresource, "requestKind": gvk, "requestResource": gvr,
-        "requestSubResource": request.subresource, "name": request.name, "namespace": request.namespace,
-        "operation": request.operation, "userInfo": {"username": username, "uid": "", "groups": list(groups)},
-        "dryRun": False,
-    }
-    new = None if request.operation == "DELETE" else obj  # object is null on DELETE, oldObject on CREATE
-    old = obj if request.operation in ("UPDATE", "DELETE") else None
-    return {"request": {**body, "object": new, "oldObject": old}, "object": new, "oldObject": old}
-
-
-def evaluate_conditions(hook: Webhook, request: Request, inventory: Inventory) -> ConditionVerdict:
-    """The apiserver's matchconditions.Matcher: any false skips; else any error rejects (Fail) or skips."""
-    if not hook.match_conditions:
-        return ConditionVerdict("call")
-    variables = admission_variables(request, inventory)
-    verdicts = [(c.name, evaluate_condition(c.expression, variables)) for c in hook.match_conditions]
-    if any(v.outcome == "skip" for _, v in verdicts):
-        return ConditionVerdict("skip")
-    for outcome in ("error", "unknown"):
-        failed = [(n, v) for n, v in verdicts if v.outcome == outcome]
-        if failed:
-            name, verdict = failed[0]
-            return ConditionVerdict(outcome, verdict.detail, name)
-    return ConditionVerdict("call")
-
-
-def intercepts(hook: Webhook, request: Request, inventory: Inventory) -> ConditionVerdict | None:
-    """None when the apiserver would not involve the webhook; else what matchConditions decided (not skip).
-
-    An `error` means the apiserver rejects the request itself under Fail; `unknown` is assumed to call.
-    """
-    if not webhook_rules_match(hook, request) or not namespace_selector_matches(hook, request, inventory):
-        return None
-    if not selector_matches(hook.object_selector, object_labels(request, inventory)):
-        return None
-    verdict = evaluate_conditions(hook, request, inventory)
-    if verdict.outcome == "skip" or (verdict.outcome == "error" and hook.failure_policy != "Fail"):
-        return None
-    return verdict
+                             SERVICE_MISSING, PORT_MISSING, FIREWALL_PORT)
+# The ports a managed control plane reaches the nodes on by default: GKE private clusters' firewall rule admits
+# 443 and 10250 (the kubelet's) from the control plane; EKS node security groups are often built the same way.
+CONTROL_PLANE_PORTS = (443, 10250)
 
 
 # -- The audit's context ---------------------------------------------------------------------------------
@@ -390,54 +94,8 @@ def _blocked(hook: Webhook, requests: Iterable[Request], ctx: AuditContext) -> t
 def _kinds(requests: Sequence[Request]) -> str:
     seen: dict[str, None] = {}
     for r in requests:
-        seen[r.resource.resource + (f"/{r.subresource}" if r.subresource else "")] = None
+        seen[r.resource.plural + (f"/{r.subresource}" if r.subresource else "")] = None
     return ", ".join(seen)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block YAML indented the way Kubernetes manifests are written (list items under their key)."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-def _yaml(data: Any) -> str:
-    # Many findings share one fix snippet, and the pure-Python dumper is slow: render each distinct one once.
-    return _yaml_of_json(json.dumps(data))
-
-
-@functools.lru_cache(maxsize=1024)
-def _yaml_of_json(text: str) -> str:
-    return yaml.dump(json.loads(text), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=200).rstrip()
-
-
-def selector_yaml(selector: LabelSelector) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if selector.match_labels:
-        out["matchLabels"] = dict(selector.match_labels)
-    if selector.match_expressions:
-        out["matchExpressions"] = [
-            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
-            for e in selector.match_expressions]
-    return out
-
-
-def excluding_namespaces(selector: LabelSelector, namespaces: Iterable[str]) -> LabelSelector:
-    """The selector with `kubernetes.io/metadata.name NotIn [...]` extended (or added) to exclude namespaces."""
-    exprs = list(selector.match_expressions)
-    for i, e in enumerate(exprs):
-        if e.key == NAME_LABEL and e.operator == "NotIn":
-            values = tuple(sorted({*e.values, *namespaces}))
-            exprs[i] = LabelSelectorRequirement(NAME_LABEL, "NotIn", values)
-            break
-    else:
-        exprs.append(LabelSelectorRequirement(NAME_LABEL, "NotIn", tuple(sorted(set(namespaces)))))
-    return LabelSelector(match_labels=selector.match_labels, match_expressions=tuple(exprs))
-
-
-def namespace_selector_fix(hook: Webhook, namespaces: Iterable[str]) -> str:
-    """The whole namespaceSelector to set (it replaces the current one, keeping what it already selects)."""
-    return _yaml({"namespaceSelector": selector_yaml(excluding_namespaces(hook.namespace_selector, namespaces))})
 
 
 def _service_namespace(hook: Webhook) -> str | None:
@@ -495,7 +153,7 @@ def bootstrap_condition(hits: Sequence[Request]) -> str:
     """A CEL matchCondition that lets exactly these kinds through (namespaced ones only where intercepted)."""
     terms: dict[tuple[str, str], list[str]] = {}
     for r in hits:
-        names = terms.setdefault((r.resource.group, r.resource.resource), [])
+        names = terms.setdefault((r.resource.group, r.resource.plural), [])
         if (r.resource.namespaced or r.resource == NAMESPACES) and r.namespace not in names:  # a Namespace: its name
             names.append(r.namespace)
     by_group: dict[tuple[str, tuple[str, ...]], list[str]] = {}
@@ -531,8 +189,8 @@ def rule_bootstrap(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
     if not hits:
         return
     wildcard = any(r.startswith("*") for rule in hook.rules for r in rule.resources)
-    kinds = {r.resource.resource for r in hits}
-    effects = list(dict.fromkeys(effect for resource, effect in BOOTSTRAP_EFFECTS if resource.resource in kinds))
+    kinds = {r.resource.plural for r in hits}
+    effects = list(dict.fromkeys(effect for resource, effect in BOOTSTRAP_EFFECTS if resource.plural in kinds))
     why = (f"failurePolicy Fail and it intercepts cluster bootstrap kinds ({_kinds(hits)})"
            + (" through a wildcard rule" if wildcard else "")
            + f"; while its backend is down {'; '.join(effects)}{note}")
@@ -548,7 +206,7 @@ def rule_single_endpoint(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
     if hook.failure_policy != "Fail" or p is None or p.endpoints_ready != 1 or hook.service is None:
         return
     svc = hook.service
-    fix = _yaml({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+    fix = yaml_snippet({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                  "metadata": {"name": svc.name, "namespace": svc.namespace},
                  "spec": {"minAvailable": 1, "selector": {"matchLabels": "<spec.selector of Service "
                                                                           f"{svc.namespace}/{svc.name}>"}}})
@@ -580,8 +238,8 @@ def rule_side_effects(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
 
 def rule_virtual_resource(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
     """TokenReview/SubjectAccessReview are not stored: a webhook there sits in every delegated auth check."""
-    named = sorted({v.resource for rule in hook.rules for r in rule.resources for v in VIRTUAL
-                    if r.partition("/")[0] == v.resource and ("*" in rule.api_groups or v.group in rule.api_groups)})
+    named = sorted({v.plural for rule in hook.rules for r in rule.resources for v in VIRTUAL
+                    if r.partition("/")[0] == v.plural and ("*" in rule.api_groups or v.group in rule.api_groups)})
     if named:
         rules = [{"apiGroups": list(rule.api_groups), "apiVersions": list(rule.api_versions),
                   "operations": list(rule.operations),
@@ -591,7 +249,7 @@ def rule_virtual_resource(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]
                       f"it intercepts {', '.join(named)}: virtual resources that are never stored; the webhook is "
                       "called on every delegated authentication/authorization check (kubelet, metrics-server, "
                       "aggregated APIs), which fail while it is down",
-                      _yaml({"rules": [r for r in rules if r["resources"]]}))
+                      yaml_snippet({"rules": [r for r in rules if r["resources"]]}))
 
 
 def condition_requests(hook: Webhook) -> list[Request]:
@@ -676,7 +334,7 @@ def rule_service(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
         yield Finding(SERVICE_MISSING, severity, hook.key,
                       f"clientConfig.service {ref.namespace}/{ref.name} does not exist: every call fails now",
                       f"# create Service {ref.namespace}/{ref.name}, or point the webhook at the right one:\n"
-                      + _yaml({"clientConfig": {"service": {"namespace": ref.namespace, "name": "<service>",
+                      + yaml_snippet({"clientConfig": {"service": {"namespace": ref.namespace, "name": "<service>",
                                                             "port": ref.port}}}))
         return
     if service.type == "ExternalName":
@@ -686,13 +344,60 @@ def rule_service(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
         yield Finding(PORT_MISSING, severity, hook.key,
                       f"clientConfig.service.port {ref.port} is not a port of Service {ref.namespace}/{ref.name} "
                       f"(it exposes {', '.join(map(str, ports)) or 'none'}): every call fails now",
-                      _yaml({"clientConfig": {"service": {"namespace": ref.namespace, "name": ref.name,
+                      yaml_snippet({"clientConfig": {"service": {"namespace": ref.namespace, "name": ref.name,
                                                           "port": ports[0] if len(ports) == 1 else "<port>"}}}))
+
+
+def _container_ports(hook: Webhook, ctx: AuditContext) -> list[int]:
+    """The ports the apiserver's calls land on in the backend's pods: the endpoints' (EndpointSlices resolve a
+    named targetPort), else a numeric targetPort, else the Service port itself. Empty when unknown."""
+    ref = hook.service
+    p = ctx.plans.get(hook.key)
+    if ref is None:
+        return []
+    if p is not None and p.targets:
+        return sorted({t.port for t in p.targets})
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    if service is None or service.type == "ExternalName":
+        return []
+    port = next((sp for sp in service.ports if sp.port == ref.port and sp.protocol == "TCP"), None)
+    if port is None or isinstance(port.target_port, str):
+        return []
+    return [port.target_port or port.port]
+
+
+def rule_firewall_port(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
+    """A service webhook served on a port managed control planes do not reach by default: the probes and
+    port-forward work, the apiserver's calls time out."""
+    ports = [p for p in _container_ports(hook, ctx) if p not in CONTROL_PLANE_PORTS]
+    if not ports or hook.service is None:
+        return
+    ref = hook.service
+    shown = ", ".join(map(str, ports))
+    severity: Severity = "warning" if hook.failure_policy == "Fail" else "info"
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    name = next((sp.name for sp in service.ports if sp.port == ref.port), "") if service is not None else ""
+    fix = (f"# Either let the control plane reach port {ports[0]} on the nodes:\n"
+           f"#   GKE private cluster: gcloud compute firewall-rules create allow-control-plane-{ports[0]} "
+           f"--network NETWORK --direction INGRESS --source-ranges MASTER_IPV4_CIDR --target-tags NODE_TAG "
+           f"--allow tcp:{ports[0]}\n"
+           f"#   EKS: aws ec2 authorize-security-group-ingress --group-id NODE_SECURITY_GROUP --protocol tcp "
+           f"--port {ports[0]} --source-group CLUSTER_SECURITY_GROUP\n"
+           f"# or make the pods serve on 10250 (the webhook server's port flag and containerPort) and point "
+           f"Service {ref.namespace}/{ref.name} at it:\n"
+           + yaml_snippet({"spec": {"ports": [{**({"name": name} if name else {}), "port": ref.port,
+                                               "targetPort": 10250}]}}))
+    yield Finding(FIREWALL_PORT, severity, hook.key,
+                  f"Service {ref.namespace}/{ref.name} sends the apiserver's calls to container port {shown}: a "
+                  "managed control plane reaches the nodes only on the ports its firewall admits (GKE private "
+                  "clusters admit 443 and 10250 by default, EKS node security groups often the same), so there the "
+                  "calls time out while port-forward, in-cluster clients and the exporter's probes work; the canary "
+                  "(--canary-namespace) confirms it", fix)
 
 
 PER_WEBHOOK: tuple[Callable[[Webhook, AuditContext], Iterator[Finding]], ...] = (
     rule_kube_system, rule_own_backend, rule_bootstrap, rule_single_endpoint, rule_long_timeout, rule_side_effects,
-    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service)
+    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service, rule_firewall_port)
 
 
 # -- Rules across webhooks ---------------------------------------------------------------------------------
@@ -898,71 +603,3 @@ def audit(inventory: Inventory, plans: Sequence[WebhookPlan] | None = None, *,
 def at_or_above(findings: Iterable[Finding], threshold: Severity) -> list[Finding]:
     """Findings as severe as `threshold` or more: what fails a CI gate."""
     return [f for f in findings if SEVERITIES.index(f.severity) <= SEVERITIES.index(threshold)]
-
-
-# -- People: text and JSON ---------------------------------------------------------------------------------
-def to_text(findings: Sequence[Finding], *, webhooks: int) -> str:
-    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
-    lines = [f"{len(findings)} finding{'s' if len(findings) != 1 else ''} in {webhooks} webhook"
-             f"{'s' if webhooks != 1 else ''}: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)]
-    for severity in SEVERITIES:
-        group = [f for f in findings if f.severity == severity]
-        if not group:
-            continue
-        lines += ["", f"{severity.upper()} ({len(group)})"]
-        for f in group:
-            k = f.webhook
-            lines.append(f"  [{f.id}] {k.configuration}/{k.name} ({k.type})")
-            lines.append(f"    why: {f.why}")
-            lines.append("    fix:")
-            lines += [f"      {line}" for line in f.fix.splitlines()]
-    return "\n".join(lines)
-
-
-def to_json(findings: Sequence[Finding], *, webhooks: int) -> str:
-    rows = [{"id": f.id, "severity": f.severity, **asdict(f.webhook), "why": f.why, "fix": f.fix} for f in findings]
-    summary = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
-    return json.dumps({"webhooks": webhooks, "summary": summary, "findings": rows}, indent=2)
-
-
-# -- The metric --------------------------------------------------------------------------------------------
-class AuditedState(Protocol):
-    """What the metric reads: the exporter's current inventory and plans (ExporterState has both)."""
-
-    @property
-    def inventory(self) -> Inventory: ...
-
-    @property
-    def plans(self) -> Sequence[WebhookPlan]: ...
-
-
-RISK_LABELS = ["configuration", "name", "type", "risk", "severity"]
-
-
-def risk_family(findings: Iterable[Finding]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily("admission_webhook_risk_info",
-                               "1 for each risk the configuration audit finds in a webhook (docs/audit.md).",
-                               labels=RISK_LABELS)
-    for f in findings:
-        family.add_metric([f.webhook.configuration, f.webhook.name, f.webhook.type, f.id, f.severity], 1)
-    return family
-
-
-def risk_metrics(state: AuditedState) -> Callable[[], Iterable[Metric]]:
-    """A collector source: the audit of the current inventory, recomputed only when the inventory changes.
-
-    Scrapes run in a worker thread while discovery swaps the inventory on the event loop; the cache holds one
-    immutable tuple, keyed by the identity of the inventory and plans it was computed from, so a scrape reads
-    either the old or the new audit, never a mix.
-    """
-    cache: list[tuple[Inventory, Sequence[WebhookPlan], tuple[Finding, ...]]] = []
-
-    def collect() -> Iterable[Metric]:
-        inventory, plans = state.inventory, state.plans
-        entry = cache[0] if cache else None
-        if entry is None or entry[0] is not inventory or entry[1] is not plans:
-            entry = (inventory, plans, audit(inventory, plans))
-            cache[:] = [entry]
-        return [risk_family(entry[2])]
-
-    return collect
