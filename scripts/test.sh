@@ -14,7 +14,8 @@ step "python environment ($VENV)"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 for installer in tests/controlplane/install.sh tests/helm/install.sh tests/node/install-packages.sh \
-                 alerts/install-promtool.sh tests/image/build.sh tests/actionlint/install.sh; do
+                 alerts/install-promtool.sh tests/image/build.sh tests/actionlint/install.sh \
+                 tests/monitoring/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 
