@@ -244,6 +244,9 @@ class ControlPlane:
             instead of ``connect: connection refused``).
         watch_cache: ``False`` adds ``--watch-cache=false`` so watches hit etcd directly (a watch
             from a compacted resourceVersion then fails with 410 Gone at once).
+        service_account_admission: keep the ServiceAccount admission plugin on (off by default: without
+            a kube-controller-manager no namespace gets its ``default`` ServiceAccount, and every Pod
+            create would fail). The node layer (tests/node) runs one and needs Pods to get their tokens.
         audit_log: write the apiserver's audit log (every request at level Metadata: user, verb, requestURI
             with its query, objectRef, response code) to ``audit_log_path``; ``audit_events()`` reads it. What
             a client really sent, recorded by the apiserver, not by the client.
@@ -261,6 +264,7 @@ class ControlPlane:
         aggregator_routing: bool = False,
         proxy_url_webhooks: bool = False,
         watch_cache: bool = True,
+        service_account_admission: bool = False,
         audit_log: bool = False,
         extra_apiserver_flags: Sequence[str] = (),
         ready_timeout_s: float = READY_TIMEOUT_S,
@@ -272,6 +276,7 @@ class ControlPlane:
         self.aggregator_routing = aggregator_routing
         self.proxy_url_webhooks = proxy_url_webhooks
         self.watch_cache = watch_cache
+        self.service_account_admission = service_account_admission
         self.audit_log = audit_log
         self.extra_apiserver_flags = list(extra_apiserver_flags)
         self.ready_timeout_s = ready_timeout_s
@@ -519,13 +524,14 @@ class ControlPlane:
             f"--api-audiences={issuer}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--authorization-mode={self.authorization_mode}",
-            "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--egress-selector-config-file={d / 'egress-selector.yaml'}",
             "--profiling=false",
             "--v=1",
         ]
+        if not self.service_account_admission:
+            argv.append("--disable-admission-plugins=ServiceAccount")
         if self.aggregator_routing:
             argv.append("--enable-aggregator-routing=true")
         if not self.watch_cache:
