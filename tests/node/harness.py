@@ -263,7 +263,7 @@ class NodeCluster:
         except HostError as e:
             raise NodeError(str(e)) from e
         try:
-            self._sweep_leftovers()
+            self.sweep_leftovers()
             self.run_dir = Path(tempfile.mkdtemp(prefix=hoststate.RUN_DIR_PREFIX))
             self.state = HostState(
                 owner_pid=os.getpid(), run_dir=str(self.run_dir), bridge=BRIDGE, pod_cidr=str(POD_CIDR),
@@ -296,7 +296,7 @@ class NodeCluster:
         fn()
         self.timings[name] = time.monotonic() - t
 
-    def _sweep_leftovers(self) -> None:
+    def sweep_leftovers(self) -> None:
         """A state file without a live owner is a crashed run: put the machine back before anything else."""
         left = HostState.load()
         if left is not None:

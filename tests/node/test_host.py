@@ -93,6 +93,12 @@ def test_clean_stop_and_crashed_run_leave_nothing() -> None:
 
 
 def check_clean_stop_and_crash_sweep(lock: hoststate.MachineLock) -> None:
+    # An earlier session's crashed run (its process killed) may have left the machine dirty. Any node's start
+    # sweeps it: do that first, so that "before" is the machine as the test's own nodes must leave it.
+    sweeper = NodeCluster(lock=lock)
+    sweeper.sweep_leftovers()
+    if sweeper.sweep_notes:
+        print(f"swept an earlier crashed run first: {sweeper.sweep_notes}")
     before = snapshot()
 
     # A clean run: start, a Pod, stop.

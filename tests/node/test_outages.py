@@ -294,7 +294,7 @@ def test_policy_engine_deadlock_replayed(node_cluster: NodeCluster, exporter: st
 
         # `explain` on the event's text names the webhook (and, with the cluster, its configuration).
         done = cli("explain", "--kubeconfig", str(node.kubeconfig_path), messages[0], node=node)
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 1, done.stdout + done.stderr  # explain's exit status: the errors it found
         assert f'"{hook["name"]}"' in done.stdout and name in done.stdout, done.stdout
 
         # The runbook's break-glass steps, as written; the ReplicaSet then recreates the backend.
