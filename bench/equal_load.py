@@ -127,7 +127,7 @@ class Blackbox:
                                      stderr=subprocess.DEVNULL)
         from bench.probe_cost import _wait_listening
 
-        _wait_listening(self.port, self.proc)  # type: ignore[arg-type]
+        _wait_listening(self.port, self.proc)
 
     @property
     def pid(self) -> int:
@@ -143,6 +143,14 @@ class Blackbox:
                 self.proc.wait()
 
 
+def _failure_summary(text: str) -> str:
+    """blackbox's answer to a failed probe in one line: its duration, status and the time of each phase."""
+    wanted = ("probe_duration_seconds", "probe_http_status_code", "probe_http_duration_seconds",
+              "probe_failed_due_to_regex")
+    return ", ".join(line.replace("probe_http_duration_seconds", "").replace("probe_", "")
+                     for line in text.splitlines() if line.startswith(wanted))
+
+
 class PacedDriver:
     """One `/probe` request every 1/rate seconds, round-robin over the targets, as Prometheus spreads scrapes."""
 
@@ -151,6 +159,7 @@ class PacedDriver:
         self.answered = 0
         self.failed = 0
         self.late = 0  # requests fired more than one period late: the driver could not keep the pace
+        self.first_failure: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         import aiohttp
@@ -166,8 +175,12 @@ class PacedDriver:
                     async with session.get(url, params={"module": "awe", "target": target}) as response:
                         text = await response.text()
                     ok = re.search(r"^probe_success 1$", text, re.M) is not None
-                except (aiohttp.ClientError, TimeoutError):
+                    if not ok and self.first_failure is None:
+                        self.first_failure = _failure_summary(text)
+                except (aiohttp.ClientError, TimeoutError) as err:
                     ok = False
+                    if self.first_failure is None:
+                        self.first_failure = repr(err)
                 self.answered += 1
                 self.failed += not ok
 
@@ -208,13 +221,21 @@ class Side:
 @dataclass
 class Repeat:
     endpoints: int
+    rate: float  # the pace asked of both
     ours: Side
     theirs: Side | None
     backends_cpu: float
+    failure: str | None = None  # blackbox's first failed probe, as it answered
 
     @property
     def ratio(self) -> float | None:
         return self.ours.ms_per_probe / self.theirs.ms_per_probe if self.theirs else None
+
+    @property
+    def on_pace(self) -> bool:
+        """Equal load held: both probers within 10% of the pace, and no failed probe (a failure is other work)."""
+        return all(abs(side.rate - self.rate) <= 0.1 * self.rate and not side.failures
+                   for side in (self.ours, self.theirs) if side is not None)
 
 
 async def _measure(backends: NginxBackends, manifest: Path, folder: Path, *, rate: float, warmup: float,
@@ -250,32 +271,43 @@ async def _measure(backends: NginxBackends, manifest: Path, folder: Path, *, rat
     ours = Side(ours1 - ours0, ours_failed1 - ours_failed0, cpu_ours1 - cpu_ours0, elapsed, ours_core)
     theirs = Side(answered1 - answered0, bb_failed1 - bb_failed0, cpu_bb1 - cpu_bb0, elapsed, theirs_core) \
         if bb else None
-    return Repeat(count, ours, theirs, nginx1 - nginx0)
+    return Repeat(count, rate, ours, theirs, nginx1 - nginx0, driver.first_failure if driver else None)
 
 
 HEADER = (f"{'endpoints':>9} {'repeat':>6} {'engine':>9} {'core':>4} {'probes/s':>8} {'failed':>6} "
-          f"{'CPU ms/probe':>12} {'% of a core':>11} {'ours/bb':>7}")
+          f"{'CPU ms/probe':>12} {'% of a core':>11} {'ours/bb':>7} {'on pace':>7}")
 
 
 def print_repeat(r: Repeat, n: int) -> None:
     for name, side in (("exporter", r.ours), ("blackbox", r.theirs)):
         if side is None:
             continue
-        ratio = f"{r.ratio:.2f}" if name == "exporter" and r.ratio is not None else ""
+        first = name == "exporter"
+        ratio = f"{r.ratio:.2f}" if first and r.ratio is not None else ""
+        pace = ("yes" if r.on_pace else "no") if first else ""
         print(f"{r.endpoints:>9} {n:>6} {name:>9} {side.core if side.core is not None else '-':>4} "
               f"{side.rate:>8.1f} {side.failures:>6} {side.ms_per_probe:>12.3f} "
-              f"{side.cpu / side.window * 100:>10.1f}% {ratio:>7}", flush=True)
+              f"{side.cpu / side.window * 100:>10.1f}% {ratio:>7} {pace:>7}", flush=True)
+    if r.failure:
+        print(f"{'':>17}(blackbox's first failure: {r.failure})", flush=True)
+
+
+def _spread(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def summary(count: int, repeats: list[Repeat]) -> str:
-    ours = [r.ours.ms_per_probe for r in repeats]
-    line = f"{count:>9} {'median':>6} exporter {statistics.median(ours):.3f} ms/probe ({min(ours):.3f}-{max(ours):.3f})"
-    ratios = [r.ratio for r in repeats if r.ratio is not None]
+    """Medians (min-max) over the repeats at equal load; over all of them, said so, when none held the pace."""
+    kept = [r for r in repeats if r.on_pace]
+    scope = f"{len(kept)} of {len(repeats)} repeats on pace"
+    if not kept:
+        kept, scope = repeats, f"no repeat on pace: all {len(repeats)}, NOT at equal load"
+    line = f"{count:>9} median exporter {_spread([r.ours.ms_per_probe for r in kept], 3)} ms/probe"
+    ratios = [r.ratio for r in kept if r.ratio is not None]
     if ratios:
-        theirs = [r.theirs.ms_per_probe for r in repeats if r.theirs is not None]
-        line += (f", blackbox {statistics.median(theirs):.3f} ({min(theirs):.3f}-{max(theirs):.3f}), "
-                 f"ours/bb {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}, target <= 0.75)")
-    return line
+        theirs = [r.theirs.ms_per_probe for r in kept if r.theirs is not None]
+        line += f", blackbox {_spread(theirs, 3)}, ours/bb {_spread(ratios, 2)} (target <= 0.75)"
+    return f"{line}; {scope}"
 
 
 def compare(counts: list[int], *, rate: float, warmup: float, window: float, repeats: int, key: str,
@@ -292,7 +324,7 @@ def compare(counts: list[int], *, rate: float, warmup: float, window: float, rep
         raise_fd_limit(count * 4 + 1024)
         with tempfile.TemporaryDirectory(prefix="awe-bench-eq-") as tmp, \
                 NginxBackends(count, key=key, workers=len(available)) as backends:
-            manifest = write_manifest(Path(tmp), backends.spec)  # type: ignore[arg-type]
+            manifest = write_manifest(Path(tmp), backends.spec)
             rows = []
             for n in range(repeats):
                 a, b = pair if n % 2 == 0 else pair[::-1]
@@ -311,7 +343,7 @@ def steady(count: int, interval: float, *, warmup: float, window: float, key: st
     """`serve` alone, `count` endpoints every `interval` seconds: its CPU over the window."""
     raise_fd_limit(count * 4 + 1024)
     with tempfile.TemporaryDirectory(prefix="awe-bench-steady-") as tmp, NginxBackends(count, key=key) as backends:
-        manifest = write_manifest(Path(tmp), backends.spec)  # type: ignore[arg-type]
+        manifest = write_manifest(Path(tmp), backends.spec)
         serve = Serve(manifest, interval=interval, core=None)
         try:
             time.sleep(warmup)

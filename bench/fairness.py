@@ -16,6 +16,7 @@ Usage: python -m bench.fairness [--healthy 50] [--blackholed 100] [--interval 5]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import socket
@@ -111,7 +112,7 @@ def run(healthy: int, blackholed: int, interval: float, warmup: float, window: f
         with tempfile.TemporaryDirectory(prefix="awe-bench-fair-") as tmp, \
                 NginxBackends(healthy, workers=2) as backends:
             path = Path(tmp) / "webhooks.yaml"
-            path.write_text("\n---\n".join(json.dumps(d) for d in manifests(backends.spec, holes)))  # type: ignore[arg-type]
+            path.write_text("\n---\n".join(json.dumps(d) for d in manifests(backends.spec, holes)))
             serve = Serve(path, interval=interval, core=None, extra=serve_args)
             seen: dict[tuple[str, str], list[float]] = defaultdict(list)
             try:
@@ -126,7 +127,7 @@ def run(healthy: int, blackholed: int, interval: float, warmup: float, window: f
                 serve.close()
     finally:
         holes.close()
-    gaps = [b - a for (name, _), times in seen.items() if name != BLACKHOLED for a, b in zip(times, times[1:])]
+    gaps = [b - a for (name, _), times in seen.items() if name != BLACKHOLED for a, b in itertools.pairwise(times)]
     holed = sum(max(0, len(times) - 1) for (name, _), times in seen.items() if name == BLACKHOLED)
     if not gaps:
         raise RuntimeError("no healthy endpoint was probed twice in the window")

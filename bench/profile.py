@@ -1,12 +1,12 @@
 """Where `serve`'s CPU goes at a paced load: py-spy samples the real process probing N nginx backends.
 
 `serve --manifests <N url webhooks> --probe-interval N/rate` runs on its own (the same setup as
-`bench.equal_load`, without blackbox_exporter); after a warm-up, `py-spy record` samples it for a window
-(non-blocking, so the process runs undisturbed, except with `--native`, which pauses it per sample; idle frames excluded: only what is on the CPU or holding the
-GIL), and the samples are folded into two tables: the functions where the samples were (self) and the
-functions on the stack (cumulative, each counted once per sample), as a share of the samples. With `--native`
-the C frames are kept (OpenSSL's handshake then shows apart from the Python around it). The raw stacks are
-written next to the tables (`--out`), for flamegraph.pl or speedscope.
+`bench.equal_load`, without blackbox_exporter). After a warm-up, `py-spy record` samples it for a window:
+non-blocking, so the process runs undisturbed (except with `--native`, which pauses it per sample), idle frames
+excluded (only what is on the CPU or holds the GIL). The samples are folded into two tables: the functions
+where the samples were (self) and the functions on the stack (cumulative, each counted once per sample), as
+a share of the samples. With `--native` the C frames are kept (OpenSSL's handshake then shows apart from the
+Python around it). The raw stacks are kept with `--out`, for flamegraph.pl or speedscope.
 
 py-spy is a PyPI package (`pip install py-spy`); it needs ptrace (root, or the same user with
 kernel.yama.ptrace_scope 0).
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="awe-bench-prof-") as tmp, \
             NginxBackends(args.endpoints, key=args.key, workers=2) as backends:
         raw = args.out or Path(tmp) / "stacks.txt"
-        manifest = write_manifest(Path(tmp), backends.spec)  # type: ignore[arg-type]
+        manifest = write_manifest(Path(tmp), backends.spec)
         serve = Serve(manifest, interval=interval, core=None, extra=args.serve_arg)
         try:
             time.sleep(max(args.warmup, 2 * interval))
