@@ -24,6 +24,7 @@ from .results import ResultStore
 from .scheduler import ProbeFn, ProbeScheduler
 from .server import MetricsServer
 from .state import ExporterState
+from .webconfig import WebSecurity
 
 log = logging.getLogger("exporter.app")
 
@@ -91,8 +92,13 @@ class Exporter:
         synced = self.discovery is None or self.discovery.synced
         return synced and self.scheduler.first_round_done
 
-    async def serve(self, host: str = "", port: int = 0) -> int:
-        self.server = MetricsServer(self.registry, ready=self.ready, host=host, port=port)
+    async def serve(self, host: str = "", port: int = 0, *, security: WebSecurity | None = None,
+                    health_host: str = "", health_port: int | None = None) -> int:
+        """Serve /metrics; `security` (a --web.config.file) adds TLS and authentication, and its reload metrics."""
+        if security is not None:
+            self.registry.register(security)
+        self.server = MetricsServer(self.registry, ready=self.ready, host=host, port=port, security=security,
+                                    health_host=health_host, health_port=health_port)
         return await self.server.start()
 
     async def close(self) -> None:

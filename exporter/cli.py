@@ -36,7 +36,8 @@ from .explain import explain, probe_verdicts
 from .explain import to_json as explain_json
 from .explain import to_text as explain_text
 from .inventory import build_inventory
-from .kubeapi import KubeApi, load_credentials
+from .kubeapi import KubeApi
+from .kubeconfig import Credentials, KubeconfigError, load_credentials
 from .log import configure, event
 from .manifests import ManifestError, load_manifests
 from .model import Inventory
@@ -44,6 +45,7 @@ from .report import Gate, check_failures, inventory_failures, skip_messages, sum
 from .scheduler import probe_once
 from .server import parse_listen_address
 from .targets import format_endpoint, plan
+from .webconfig import WebConfigError, WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -125,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
+                            "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
+    serve.add_argument("--health-listen-address", metavar="[HOST]:PORT",
+                       help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
+                            "kubelet's probes when --web.config.file requires a client certificate or credentials")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
@@ -187,24 +195,39 @@ def _gate(args: argparse.Namespace, inventory: Inventory, failures: Sequence[str
     return Gate(failures=(*own, *failures), skipped=inventory.invalid)
 
 
-def _discovery(args: argparse.Namespace) -> Discovery:
-    try:
-        credentials = load_credentials(args.kubeconfig, args.context)
-    except ValueError as err:  # kubeapi reports every kubeconfig problem as ValueError
-        raise UsageError(str(err)) from err
-    return Discovery(KubeApi(credentials))
+async def _credentials(args: argparse.Namespace) -> Credentials:
+    """Loaded and used once up front: a kubeconfig problem, or an exec plugin or token file that fails, is one
+    line and exit 2 at start, not a watch retried forever."""
+    creds = load_credentials(args.kubeconfig, args.context)
+    await asyncio.to_thread(creds.token)
+    return creds
+
+
+async def _discovery(args: argparse.Namespace) -> Discovery:
+    return Discovery(KubeApi(await _credentials(args)))
 
 
 async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Inventory:
-    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced)."""
-    discovery = _discovery(args)
+    """One consistent snapshot of the cluster (the same list+watch machinery, stopped once synced).
+
+    A 401/403 on a list is permanent for a one-shot command: it fails at once instead of retrying for `limit`."""
+    discovery = await _discovery(args)
     try:
         await discovery.start()
-        await asyncio.wait_for(discovery.wait_synced(), limit)
-        return discovery.inventory
-    except TimeoutError as err:
+        synced = asyncio.ensure_future(discovery.wait_synced())
+        refused = asyncio.ensure_future(discovery.api.refused.wait())
+        try:
+            done, _ = await asyncio.wait({synced, refused}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (synced, refused):
+                waiter.cancel()
+        if synced in done:
+            synced.result()
+            return discovery.inventory
+        if discovery.api.refusal is not None:
+            raise UsageError(f"{discovery.api.server} refused the credentials: {discovery.api.refusal}")
         raise UsageError(f"could not list webhook configurations within {limit:g}s: "
-                         f"{discovery.last_error or 'no answer from the API'}") from err
+                         f"{discovery.last_error or 'no answer from the API'}")
     finally:
         await discovery.close()
 
@@ -255,9 +278,9 @@ async def run_explain(args: argparse.Namespace) -> int:
     return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
 
 
-def _listen_address(value: str) -> tuple[str, int]:
+def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
     try:
-        return parse_listen_address(value)
+        return parse_listen_address(value, flag)
     except ValueError as err:  # its message names the flag and the value
         raise UsageError(str(err)) from err
 
@@ -268,7 +291,8 @@ def show_address(host: str, port: int) -> str:
 
 
 async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, duration: float | None = None,
-                               on_ready: Callable[[int], Awaitable[None]] | None = None) -> int:
+                               on_ready: Callable[[int], Awaitable[None]] | None = None,
+                               security: WebSecurity | None = None, health: tuple[str, int] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `duration` seconds), then stop within a bounded time."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -277,12 +301,18 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
             loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            bound = await exporter.serve(host, port)
+            bound = await exporter.serve(host, port, security=security, health_host=health[0] if health else "",
+                                         health_port=health[1] if health else None)
         except OSError as err:
             # asyncio's own text repeats the address as a Python tuple; the errno's wording is enough.
             why = os.strerror(err.errno) if err.errno else str(err)
-            raise UsageError(f"cannot listen on {show_address(host, port)}: {why}") from err
-        event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics")
+            where = show_address(host, port) + (f" and {show_address(*health)}" if health else "")
+            raise UsageError(f"cannot listen on {where}: {why}") from err
+        event(log, logging.INFO, "listening", address=show_address(host, bound), metrics="/metrics",
+              tls=security is not None and security.ssl_context is not None)
+        if health is not None and exporter.server is not None and exporter.server.health_port is not None:
+            event(log, logging.INFO, "listening_health", address=show_address(health[0], exporter.server.health_port),
+                  paths="/healthz,/readyz")
         if on_ready is not None:
             await on_ready(bound)
         with contextlib.suppress(TimeoutError):
@@ -295,18 +325,24 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
 
 async def run_serve(args: argparse.Namespace) -> int:
     host, port = _listen_address(args.listen_address)
+    health = (_listen_address(args.health_listen_address, "--health-listen-address")
+              if args.health_listen_address else None)
+    try:  # read and checked before anything starts: a bad file is one line and exit 2
+        security = WebSecurity(Path(args.web_config_file)) if args.web_config_file else None
+    except WebConfigError as err:
+        raise UsageError(str(err)) from err
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
-        return await _serve_until_stopped(exporter, host, port)
-    discovery = _discovery(args)
+        return await _serve_until_stopped(exporter, host, port, security=security, health=health)
+    discovery = await _discovery(args)
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
-    return await _serve_until_stopped(exporter, host, port)
+    return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -343,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = {"serve": run_serve, "check": run_check, "demo": run_demo, "audit": run_audit,
                   "explain": run_explain}[args.command]
         return asyncio.run(runner(args))
-    except (UsageError, ManifestError) as err:
+    except (UsageError, ManifestError, KubeconfigError) as err:
         print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,25 +1,26 @@
 """Just enough of the Kubernetes API for list + watch, over aiohttp.
 
-Credentials are resolved by the official `kubernetes` client exactly as kubectl resolves them (in-cluster
-service account, else `--kubeconfig` / `$KUBECONFIG` / ~/.kube/config with `--context`, exec plugins and
-token refresh included); the requests themselves are made here, asynchronously, so hundreds of watches cost
-no threads and the event loop never blocks on the API. Every request is counted by verb and resource.
+Credentials are resolved by `kubeconfig.py` as kubectl resolves them (in-cluster service account, else
+`--kubeconfig` / `$KUBECONFIG` / ~/.kube/config with `--context`, exec plugins and rotating tokens included);
+the requests themselves are made here, asynchronously, so hundreds of watches cost no threads and the event
+loop never blocks on the API. Every request is counted by verb and resource.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+
+# Credentials come from kubeconfig.py (re-exported: callers build them by hand in tests).
+from .kubeconfig import Credentials as Credentials
+from .kubeconfig import load_credentials as load_credentials
 
 # The resources discovery lists and watches, from the one table (re-exported: callers import them from here).
 from .resources import ENDPOINT_SLICES as ENDPOINT_SLICES
@@ -54,46 +55,6 @@ class Gone(ApiError):
     """410: the resourceVersion we resume from was compacted away; a fresh list is needed."""
 
 
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ssl_context: ssl.SSLContext | bool
-    token: Callable[[], str | None]  # re-read per request: exec plugins and projected tokens rotate
-
-
-def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
-    """In-cluster when running in a pod and nothing else was asked for, else kubeconfig as kubectl reads it."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and kubeconfig is None and context is None \
-        and "KUBECONFIG" not in os.environ
-    try:
-        if in_cluster:
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]  # untyped lib
-        else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]  # the kubernetes client is untyped
-                config_file=kubeconfig, context=context, client_configuration=cfg)
-    except (config.ConfigException, OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot load Kubernetes credentials: {err}") from err
-    ctx: ssl.SSLContext | bool
-    if cfg.verify_ssl:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
-        if getattr(cfg, "tls_server_name", None):
-            ctx.check_hostname = True
-        if cfg.cert_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    else:
-        ctx = False
-
-    def token() -> str | None:
-        # "BearerToken" in current clients, "authorization" in older ones; the value carries its "Bearer " prefix.
-        value: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-        return value
-
-    return Credentials(server=cfg.host.rstrip("/"), ssl_context=ctx, token=token)
-
-
 class KubeApi:
     """List and watch, counted. One aiohttp session (connection pool) for every request."""
 
@@ -102,6 +63,9 @@ class KubeApi:
         self._session: aiohttp.ClientSession | None = None
         self.requests: Counter[tuple[str, str]] = Counter()
         self.server = credentials.server
+        # The first 401/403 on a list: permanent for one-shot commands (`check` fails fast instead of retrying).
+        self.refusal: ApiError | None = None
+        self.refused = asyncio.Event()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -152,8 +116,16 @@ class KubeApi:
             self.requests[("list", resource.plural)] += 1
             url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
             async with self._client().get(url, headers=await self._headers(),
-                                          timeout=aiohttp.ClientTimeout(total=request_seconds)) as response:
-                await self._raise_for(response)
+                                          timeout=aiohttp.ClientTimeout(total=request_seconds),
+                                          server_hostname=self._creds.server_hostname,
+                                          proxy=self._creds.proxy) as response:
+                try:
+                    await self._raise_for(response)
+                except ApiError as err:
+                    if err.status in (401, 403) and self.refusal is None:
+                        self.refusal = ApiError(err.status, f"list {resource.plural}: {err.message}")
+                        self.refused.set()
+                    raise
                 body = await response.json()
             for item in body.get("items") or []:
                 item.setdefault("kind", resource.kind)  # list items come without kind
@@ -180,7 +152,9 @@ class KubeApi:
         self.requests[("watch", resource.plural)] += 1
         url = f"{self._creds.server}{resource.path(namespace)}?{urlencode(params)}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=idle_timeout)
-        async with self._client().get(url, headers=await self._headers(), timeout=timeout) as response:
+        async with self._client().get(url, headers=await self._headers(), timeout=timeout,
+                                      server_hostname=self._creds.server_hostname,
+                                      proxy=self._creds.proxy) as response:
             await self._raise_for(response)
             if on_open is not None:
                 on_open()

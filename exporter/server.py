@@ -1,5 +1,9 @@
 """The HTTP face: /metrics, /healthz, /readyz. Starts, stops, and tells its bound port (tests use port 0).
 
+With a web configuration (`security`, exporter/webconfig.py) the listener serves TLS and judges every request
+by it. The kubelet's probes cannot present a client certificate or credentials, so `health_port` adds a
+listener of /healthz and /readyz alone, plain HTTP and open: they say only whether the process is ready.
+
 A scrape renders the registry on a worker thread: formatting 100k series takes long enough that doing it
 on the event loop would delay probes; the collector reads only memory, so it needs no lock.
 """
@@ -7,6 +11,7 @@ on the event loop would delay probes; the collector reads only memory, so it nee
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from functools import partial
 
@@ -15,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import exposition
+from .webconfig import WebSecurity
 
 LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
 <h1>admission-webhook-exporter</h1>
@@ -23,13 +29,17 @@ LANDING = """<html><head><title>admission-webhook-exporter</title></head><body>
 
 
 class MetricsServer:
-    def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool], host: str = "", port: int = 0):
+    def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool], host: str = "", port: int = 0,
+                 security: WebSecurity | None = None, health_host: str = "", health_port: int | None = None):
         self._registry = registry
         self._ready = ready
         self._host = host
         self._port = port
-        self._runner: web.AppRunner | None = None
+        self._security = security
+        self._health = (health_host, health_port)
+        self._runners: list[web.AppRunner] = []
         self.port: int | None = None
+        self.health_port: int | None = None
 
     def _app(self) -> web.Application:
         app = web.Application()
@@ -37,6 +47,14 @@ class MetricsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/", self._landing)
+        if self._security is not None:
+            self._security.install(app)
+        return app
+
+    def _health_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -60,23 +78,30 @@ class MetricsServer:
     async def _landing(self, _: web.Request) -> web.Response:
         return web.Response(text=LANDING, content_type="text/html")
 
+    async def _listen(self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, host or None, port, ssl_context=tls).start()
+        bound: int = runner.addresses[0][1]  # (host, port, ...) of the first bound socket
+        return bound
+
     async def start(self) -> int:
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host or None, self._port).start()
-        port: int = self._runner.addresses[0][1]  # (host, port, ...) of the first bound socket
-        self.port = port
-        return port
+        tls = self._security.ssl_context if self._security is not None else None
+        self.port = await self._listen(self._app(), self._host, self._port, tls)
+        if self._health[1] is not None:
+            self.health_port = await self._listen(self._health_app(), self._health[0], self._health[1], None)
+        return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
 
 
-def parse_listen_address(value: str) -> tuple[str, int]:
+def parse_listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
     """`host:port`, `:port` or `[v6]:port` to (host, port); host "" means every interface."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen-address {value!r}: expected [host]:port")
+        raise ValueError(f"{flag} {value!r}: expected [host]:port")
     return host.strip("[]"), int(port)

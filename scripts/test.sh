@@ -12,7 +12,8 @@ step "python environment ($VENV)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
 export PATH="$PWD/$VENV/bin:$PATH"
 
-for installer in tests/controlplane/install.sh tests/helm/install.sh alerts/install-promtool.sh; do
+for installer in tests/controlplane/install.sh tests/helm/install.sh alerts/install-promtool.sh tests/image/build.sh \
+                 tests/actionlint/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 

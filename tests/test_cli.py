@@ -80,7 +80,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:  # ty
     cases = [
         (["serve", "--manifests", str(tmp_path), "--probe-interval", "0"],
          "argument --probe-interval: expected a number of seconds from 1 to 86400, got '0'"),
-        (["check", "--kubeconfig", str(tmp_path / "none")], "cannot load Kubernetes credentials: "),
+        (["check", "--kubeconfig", str(tmp_path / "none")], f"kubeconfig {tmp_path / 'none'}: no such file"),
         (["check", "--manifests", str(tmp_path), "--context", "prod"],
          "--manifests and --kubeconfig/--context are alternatives: pick one source"),
         (["check", "--manifests", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such file or directory"),

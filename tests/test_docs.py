@@ -11,6 +11,7 @@ from exporter.app import Exporter
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
 from exporter.reasons import Reason
+from exporter.webconfig import WebSecurity
 
 REPO = Path(__file__).parent.parent
 DOC = (REPO / "docs" / "metrics.md").read_text()
@@ -20,21 +21,25 @@ def documented_metrics() -> set[str]:
     return set(re.findall(r"^\| `([a-z_]+)` \| (?:gauge|counter)", DOC, re.M))
 
 
-def collected_metrics() -> set[str]:
+def collected_metrics(empty_web_config: Path) -> set[str]:
     # A live exporter's families, discovery's included; nothing is started, so nothing is dialled.
     discovery = Discovery(KubeApi(Credentials("https://127.0.0.1:1", False, lambda: None)))
     discovery.health.up["services/ns"] = True  # so the per-resource families have a sample
     discovery.health.last_event["services"] = 1.0
     discovery.api.requests[("watch", "services")] = 1
     names = set()
-    for family in Exporter(discovery=discovery).registry.collect():
+    exporter = Exporter(discovery=discovery)
+    exporter.registry.register(WebSecurity(empty_web_config))  # what `serve --web.config.file` adds
+    for family in exporter.registry.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
 
 
-def test_every_metric_documented_and_nothing_extra() -> None:
-    code_only = collected_metrics() - documented_metrics()
-    docs_only = documented_metrics() - collected_metrics()
+def test_every_metric_documented_and_nothing_extra(tmp_path: Path) -> None:
+    (tmp_path / "web.yml").write_text("")
+    collected = collected_metrics(tmp_path / "web.yml")
+    code_only = collected - documented_metrics()
+    docs_only = documented_metrics() - collected
     assert not code_only, f"undocumented metrics: {sorted(code_only)}"
     assert not docs_only, f"documented but not exposed: {sorted(docs_only)}"
 

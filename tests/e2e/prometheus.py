@@ -178,6 +178,9 @@ class Prometheus:
         for_duration, range_window: see ``shorten_rules``; ``for_duration=None`` loads the rules unchanged.
         interval: scrape and evaluation interval (also the scrape timeout, which may not exceed it).
         apiserver_metrics: regex of the apiserver metric names kept.
+        exporter_scrape: more keys of the exporter's scrape job (``scheme``, ``tls_config``, ``authorization``,
+            ``basic_auth``: how a --web.config.file exporter is scraped).
+        extra_scrape_configs: more scrape jobs, as written.
     """
 
     def __init__(
@@ -190,6 +193,8 @@ class Prometheus:
         range_window: str | None = None,
         interval: str = "1s",
         apiserver_metrics: str = "apiserver_admission_webhook_.*",
+        exporter_scrape: dict[str, Any] | None = None,
+        extra_scrape_configs: Sequence[dict[str, Any]] = (),
         binary: Path | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
@@ -201,6 +206,8 @@ class Prometheus:
         self.range_window = range_window
         self.interval = interval
         self.apiserver_metrics = apiserver_metrics
+        self.exporter_scrape = dict(exporter_scrape or {})
+        self.extra_scrape_configs = list(extra_scrape_configs)
         self.ready_timeout_s = ready_timeout_s
         self.port = 0
         self.dir: Path | None = None
@@ -227,7 +234,7 @@ class Prometheus:
                                        range_window=self.range_window)
         scrapes: list[dict[str, Any]] = []
         if self.exporter_port is not None:
-            scrapes.append({"job_name": EXPORTER_JOB,
+            scrapes.append({"job_name": EXPORTER_JOB, **self.exporter_scrape,
                             "static_configs": [{"targets": [f"127.0.0.1:{self.exporter_port}"]}]})
         if self.apiserver is not None:
             token = d / "apiserver.token"
@@ -246,7 +253,7 @@ class Prometheus:
             "global": {"scrape_interval": self.interval, "scrape_timeout": self.interval,
                        "evaluation_interval": self.interval},
             "rule_files": [str(p) for p in rule_paths],
-            "scrape_configs": scrapes,
+            "scrape_configs": [*scrapes, *self.extra_scrape_configs],
         }
         path = d / "prometheus.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -178,3 +178,141 @@ labels (the object's labels), namespace (ours), setPrefix (the value the labels 
   MISMATCH: {{ $name }} has no {{ .namespaceSelectorField }}, so it looks in {{ $p.metadata.namespace }} only, and this {{ .kind }} is in {{ .namespace }}.
 {{- end }}
 {{- end }}
+
+{{/*
+--web.config.file (docs/securing-metrics.md): "true" when any of TLS, basic auth or a bearer token is asked for.
+*/}}
+{{- define "awe.webConfig.enabled" -}}
+{{- $w := .Values.webConfig }}
+{{- if or $w.tls.enabled $w.basicAuthUsers $w.bearerToken.secretName -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* Where the Secrets are mounted; the web configuration names these paths. */}}
+{{- define "awe.webConfig.dir" -}}/etc/admission-webhook-exporter{{- end }}
+
+{{/* client_auth_type: the value, or RequireAndVerifyClientCert when a client CA is given, else NoClientCert. */}}
+{{- define "awe.webConfig.clientAuthType" -}}
+{{- $t := .Values.webConfig.tls }}
+{{- $t.clientAuthType | default (ternary "RequireAndVerifyClientCert" "NoClientCert" (not (empty $t.clientCASecretName))) }}
+{{- end }}
+
+{{/*
+The web configuration file (exporter-toolkit's format plus bearer_token_files), from webConfig. Refuses here what
+the exporter would refuse at start-up, so a mistake fails the install instead of crash-looping the pod.
+*/}}
+{{- define "awe.webConfig" -}}
+{{- $w := .Values.webConfig }}
+{{- $t := $w.tls }}
+{{- $dir := include "awe.webConfig.dir" . }}
+{{- $auth := include "awe.webConfig.clientAuthType" . }}
+{{- $config := dict }}
+{{- if $t.enabled }}
+{{- if not $t.secretName }}
+{{- fail "webConfig.tls.secretName is required with webConfig.tls.enabled: a kubernetes.io/tls Secret (tls.crt, tls.key)" }}
+{{- end }}
+{{- if has $auth (list "RequireAnyClientCert" "RequireClientCert") }}
+{{- fail (printf "webConfig.tls.clientAuthType %s accepts any client certificate unverified, which the exporter cannot do: use RequireAndVerifyClientCert with webConfig.tls.clientCASecretName" $auth) }}
+{{- end }}
+{{- if not (has $auth (list "NoClientCert" "RequestClientCert" "VerifyClientCertIfGiven" "RequireAndVerifyClientCert")) }}
+{{- fail (printf "webConfig.tls.clientAuthType %q: expected NoClientCert, RequestClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert" $auth) }}
+{{- end }}
+{{- if and (has $auth (list "VerifyClientCertIfGiven" "RequireAndVerifyClientCert")) (not $t.clientCASecretName) }}
+{{- fail (printf "webConfig.tls.clientCASecretName is required with clientAuthType %s: the CA that signs the scrapers' client certificates" $auth) }}
+{{- end }}
+{{- if and $t.clientCASecretName (eq $auth "NoClientCert") }}
+{{- fail "webConfig.tls.clientCASecretName is set but webConfig.tls.clientAuthType is NoClientCert: leave clientAuthType empty (RequireAndVerifyClientCert)" }}
+{{- end }}
+{{- $tls := dict "cert_file" (printf "%s/tls/tls.crt" $dir) "key_file" (printf "%s/tls/tls.key" $dir) "client_auth_type" $auth "min_version" $t.minVersion "max_version" $t.maxVersion }}
+{{- with $t.clientCASecretName }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/client-ca/%s" $dir $t.clientCAKey) }}
+{{- end }}
+{{- with $t.clientAllowedSans }}
+{{- $_ := set $tls "client_allowed_sans" . }}
+{{- end }}
+{{- with $t.cipherSuites }}
+{{- $_ := set $tls "cipher_suites" . }}
+{{- end }}
+{{- with $t.curvePreferences }}
+{{- $_ := set $tls "curve_preferences" . }}
+{{- end }}
+{{- $_ := set $config "tls_server_config" $tls }}
+{{- else if or $t.secretName $t.clientCASecretName $t.clientAuthType }}
+{{- fail "webConfig.tls.secretName, clientCASecretName and clientAuthType need webConfig.tls.enabled=true" }}
+{{- end }}
+{{- with $w.basicAuthUsers }}
+{{- $_ := set $config "basic_auth_users" . }}
+{{- end }}
+{{- with $w.bearerToken.secretName }}
+{{- $_ := set $config "bearer_token_files" (list (printf "%s/token/%s" $dir $w.bearerToken.key)) }}
+{{- end }}
+{{- with $w.headers }}
+{{- $_ := set $config "http_server_config" (dict "headers" .) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+The ServiceMonitor endpoint's scheme, tlsConfig and authorization/basicAuth for webConfig (YAML, indented by the
+caller). Fails when Prometheus could not pass what the exporter asks for.
+*/}}
+{{- define "awe.serviceMonitor.security" -}}
+{{- $w := .Values.webConfig }}
+{{- $m := .Values.serviceMonitor }}
+{{- $out := dict }}
+{{- if $w.tls.enabled }}
+{{- $auth := include "awe.webConfig.clientAuthType" . }}
+{{- if and (eq $auth "RequireAndVerifyClientCert") (not $m.tlsConfig.clientCertSecretName) }}
+{{- fail "serviceMonitor.tlsConfig.clientCertSecretName is required: the exporter requires a client certificate (webConfig.tls.clientAuthType RequireAndVerifyClientCert), so Prometheus must present one (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- $tlsConfig := dict "serverName" ($m.tlsConfig.serverName | default (printf "%s.%s.svc" (include "awe.fullname" .) .Release.Namespace)) }}
+{{- if $m.tlsConfig.insecureSkipVerify }}
+{{- $_ := set $tlsConfig "insecureSkipVerify" true }}
+{{- else }}
+{{- $_ := set $tlsConfig "ca" (dict "secret" (dict "name" ($m.tlsConfig.caSecretName | default $w.tls.secretName) "key" $m.tlsConfig.caKey)) }}
+{{- end }}
+{{- with $m.tlsConfig.clientCertSecretName }}
+{{- $_ := set $tlsConfig "cert" (dict "secret" (dict "name" . "key" "tls.crt")) }}
+{{- $_ := set $tlsConfig "keySecret" (dict "name" . "key" "tls.key") }}
+{{- end }}
+{{- $_ := set $out "scheme" "https" }}
+{{- $_ := set $out "tlsConfig" $tlsConfig }}
+{{- end }}
+{{- if and $w.bearerToken.secretName $m.basicAuth.secretName }}
+{{- fail "serviceMonitor.basicAuth.secretName and webConfig.bearerToken.secretName: Prometheus sends one of them; choose one" }}
+{{- end }}
+{{- if $w.bearerToken.secretName }}
+{{- $_ := set $out "authorization" (dict "type" "Bearer" "credentials" (dict "name" $w.bearerToken.secretName "key" $w.bearerToken.key)) }}
+{{- else if $m.basicAuth.secretName }}
+{{- if not $w.basicAuthUsers }}
+{{- fail "serviceMonitor.basicAuth.secretName is set but webConfig.basicAuthUsers is empty: the exporter would not ask for it" }}
+{{- end }}
+{{- $_ := set $out "basicAuth" (dict "username" (dict "name" $m.basicAuth.secretName "key" "username") "password" (dict "name" $m.basicAuth.secretName "key" "password")) }}
+{{- else if $w.basicAuthUsers }}
+{{- fail "webConfig.basicAuthUsers needs serviceMonitor.basicAuth.secretName (a kubernetes.io/basic-auth Secret with the plain password) or webConfig.bearerToken.secretName, or Prometheus gets 401" }}
+{{- end }}
+{{- if $out }}
+{{- toYaml $out }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret volumes of webConfig: volume name -> {secret, path}; the web configuration names these paths. */}}
+{{- define "awe.webConfig.volumes" -}}
+{{- $volumes := dict }}
+{{- if include "awe.webConfig.enabled" . }}
+{{- $w := .Values.webConfig }}
+{{- $dir := include "awe.webConfig.dir" . }}
+{{- $_ := set $volumes "web-config" (dict "secret" (printf "%s-web-config" (include "awe.fullname" .)) "path" (printf "%s/web" $dir)) }}
+{{- if $w.tls.enabled }}
+{{- $_ := set $volumes "web-tls" (dict "secret" $w.tls.secretName "path" (printf "%s/tls" $dir)) }}
+{{- with $w.tls.clientCASecretName }}
+{{- $_ := set $volumes "web-client-ca" (dict "secret" . "path" (printf "%s/client-ca" $dir)) }}
+{{- end }}
+{{- end }}
+{{- with $w.bearerToken.secretName }}
+{{- $_ := set $volumes "web-token" (dict "secret" . "path" (printf "%s/token" $dir)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $volumes }}
+{{- end }}
