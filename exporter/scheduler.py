@@ -33,7 +33,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .log import event
-from .model import WebhookKey
 from .probe import ProbeResult, probe
 from .reasons import Reason
 from .results import ResultStore
@@ -281,7 +280,7 @@ class ProbeScheduler:
             self._first_round.set()
 
     async def _probe_once(self, target: Target) -> None:
-        webhook: WebhookKey = target.key.webhook
+        webhook = target.key.webhook
         async with self._limiter.slot(webhook):
             result = await self._probe(target)
         if self._targets.get(target.key) is not target:
