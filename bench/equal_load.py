@@ -220,6 +220,7 @@ class Side:
 
 @dataclass
 class Repeat:
+    label: str  # which serve: "exporter" (this checkout) or "baseline" (--baseline)
     endpoints: int
     rate: float  # the pace asked of both
     ours: Side
@@ -238,7 +239,7 @@ class Repeat:
                    for side in (self.ours, self.theirs) if side is not None)
 
 
-async def _measure(backends: NginxBackends, manifest: Path, folder: Path, *, rate: float, warmup: float,
+async def _measure(label: str, backends: NginxBackends, manifest: Path, folder: Path, *, rate: float, warmup: float,
                    window: float, ours_core: int | None, theirs_core: int | None, blackbox: bool,
                    serve_env: dict[str, str] | None) -> Repeat:
     count = len(backends.ports)
@@ -271,7 +272,7 @@ async def _measure(backends: NginxBackends, manifest: Path, folder: Path, *, rat
     ours = Side(ours1 - ours0, ours_failed1 - ours_failed0, cpu_ours1 - cpu_ours0, elapsed, ours_core)
     theirs = Side(answered1 - answered0, bb_failed1 - bb_failed0, cpu_bb1 - cpu_bb0, elapsed, theirs_core) \
         if bb else None
-    return Repeat(count, rate, ours, theirs, nginx1 - nginx0, driver.first_failure if driver else None)
+    return Repeat(label, count, rate, ours, theirs, nginx1 - nginx0, driver.first_failure if driver else None)
 
 
 HEADER = (f"{'endpoints':>9} {'repeat':>6} {'engine':>9} {'core':>4} {'probes/s':>8} {'failed':>6} "
@@ -279,10 +280,10 @@ HEADER = (f"{'endpoints':>9} {'repeat':>6} {'engine':>9} {'core':>4} {'probes/s'
 
 
 def print_repeat(r: Repeat, n: int) -> None:
-    for name, side in (("exporter", r.ours), ("blackbox", r.theirs)):
+    for name, side in ((r.label, r.ours), ("blackbox", r.theirs)):
         if side is None:
             continue
-        first = name == "exporter"
+        first = name == r.label
         ratio = f"{r.ratio:.2f}" if first and r.ratio is not None else ""
         pace = ("yes" if r.on_pace else "no") if first else ""
         print(f"{r.endpoints:>9} {n:>6} {name:>9} {side.core if side.core is not None else '-':>4} "
@@ -296,13 +297,13 @@ def _spread(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def summary(count: int, repeats: list[Repeat]) -> str:
+def summary(count: int, label: str, repeats: list[Repeat]) -> str:
     """Medians (min-max) over the repeats at equal load; over all of them, said so, when none held the pace."""
     kept = [r for r in repeats if r.on_pace]
     scope = f"{len(kept)} of {len(repeats)} repeats on pace"
     if not kept:
         kept, scope = repeats, f"no repeat on pace: all {len(repeats)}, NOT at equal load"
-    line = f"{count:>9} median exporter {_spread([r.ours.ms_per_probe for r in kept], 3)} ms/probe"
+    line = f"{count:>9} median {label} {_spread([r.ours.ms_per_probe for r in kept], 3)} ms/probe"
     ratios = [r.ratio for r in kept if r.ratio is not None]
     if ratios:
         theirs = [r.theirs.ms_per_probe for r in kept if r.theirs is not None]
@@ -310,41 +311,47 @@ def summary(count: int, repeats: list[Repeat]) -> str:
     return f"{line}; {scope}"
 
 
+Engines = list[tuple[str, dict[str, str]]]  # (label, environment of its serve)
+
+
 def compare(counts: list[int], *, rate: float, warmup: float, window: float, repeats: int, key: str,
-            blackbox: bool, serve_env: dict[str, str] | None = None) -> dict[int, list[Repeat]]:
+            blackbox: bool, engines: Engines) -> dict[tuple[int, str], list[Repeat]]:
     available = cores()
     pair = (available[0], available[1]) if len(available) >= 2 else (None, None)
     print(f"== equal load: real `serve` vs blackbox_exporter at {rate:g} probes/s each, evenly paced, at the same "
           f"time on nginx TLS backends ({key}, full handshakes, uid echoed); each prober pinned to one core, cores "
-          f"swapped every repeat; {warmup:g} s warm-up, {window:g} s window, {repeats} repeats")
+          f"swapped every repeat; {warmup:g} s warm-up, {window:g} s window, {repeats} repeats"
+          + (f" of each of {', '.join(label for label, _ in engines)}, interleaved" if len(engines) > 1 else ""))
     print(HEADER)
     print("-" * len(HEADER))
-    out: dict[int, list[Repeat]] = {}
+    out: dict[tuple[int, str], list[Repeat]] = {}
     for count in counts:
         raise_fd_limit(count * 4 + 1024)
         with tempfile.TemporaryDirectory(prefix="awe-bench-eq-") as tmp, \
                 NginxBackends(count, key=key, workers=len(available)) as backends:
             manifest = write_manifest(Path(tmp), backends.spec)
-            rows = []
             for n in range(repeats):
                 a, b = pair if n % 2 == 0 else pair[::-1]
-                # The first round probes every endpoint at once; the warm-up also covers a few intervals.
-                warm = max(warmup, 2 * count / rate)
-                rows.append(asyncio.run(_measure(backends, manifest, Path(tmp), rate=rate, warmup=warm, window=window,
-                                                 ours_core=a, theirs_core=b, blackbox=blackbox,
-                                                 serve_env=serve_env)))
-                print_repeat(rows[-1], n + 1)
-            print(summary(count, rows), flush=True)
-            out[count] = rows
+                for label, env in engines:
+                    # The first round probes every endpoint at once; the warm-up also covers a few intervals.
+                    warm = max(warmup, 2 * count / rate)
+                    row = asyncio.run(_measure(label, backends, manifest, Path(tmp), rate=rate, warmup=warm,
+                                               window=window, ours_core=a, theirs_core=b, blackbox=blackbox,
+                                               serve_env=env))
+                    out.setdefault((count, label), []).append(row)
+                    print_repeat(row, n + 1)
+            for label, _ in engines:
+                print(summary(count, label, out[(count, label)]), flush=True)
     return out
 
 
-def steady(count: int, interval: float, *, warmup: float, window: float, key: str) -> Side:
+def steady(count: int, interval: float, *, warmup: float, window: float, key: str,
+           env: dict[str, str] | None = None) -> Side:
     """`serve` alone, `count` endpoints every `interval` seconds: its CPU over the window."""
     raise_fd_limit(count * 4 + 1024)
     with tempfile.TemporaryDirectory(prefix="awe-bench-steady-") as tmp, NginxBackends(count, key=key) as backends:
         manifest = write_manifest(Path(tmp), backends.spec)
-        serve = Serve(manifest, interval=interval, core=None)
+        serve = Serve(manifest, interval=interval, core=None, env=env)
         try:
             time.sleep(warmup)
             probes0, failed0 = serve.probes()
@@ -355,6 +362,16 @@ def steady(count: int, interval: float, *, warmup: float, window: float, key: st
         finally:
             serve.close()
     return Side(probes1 - probes0, failed1 - failed0, cpu1 - cpu0, elapsed, None)
+
+
+def prioritise(nice: int) -> None:
+    """This process and what it starts at `nice`, its session's autogroup too: with autogroup scheduling (the
+    default on most kernels) every session gets an equal share of the CPU whatever its processes' nice values,
+    so on a shared machine only the autogroup's nice keeps a paced prober on pace. Needs root for < 0."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        autogroup.write_text(str(nice))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,18 +385,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-blackbox", action="store_true")
     parser.add_argument("--steady-seconds", type=float, default=90,
                         help="window of the 1,000 endpoints / 30 s steady state of `serve` (0 to skip)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also measure the exporter of another checkout (e.g. a worktree of main), interleaved "
+                             "with this one's in the same run: its serve runs with PYTHONPATH=DIR")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of this checkout's serve, e.g. AWE_EVENT_LOOP=asyncio (repeatable)")
+    parser.add_argument("--nice", type=int, help="run everything at this nice value, session autogroup included "
+                                                 "(e.g. -10 as root on a shared machine; see bench/README.md)")
     args = parser.parse_args(argv)
+    if args.nice is not None:
+        prioritise(args.nice)
     blackbox = not args.no_blackbox
     if blackbox and shutil.which(BLACKBOX) is None:
         print(f"   ({BLACKBOX} not installed: run bench/install-blackbox.sh; exporter only)")
         blackbox = False
+    env = dict(item.split("=", 1) for item in args.serve_env)
+    engines: Engines = [("exporter", env)]
+    if args.baseline is not None:
+        if not (args.baseline / "exporter" / "__main__.py").exists():
+            parser.error(f"--baseline {args.baseline}: no exporter/ there")
+        engines.append(("baseline", {"PYTHONPATH": str(args.baseline.resolve())}))
     compare([int(c) for c in args.counts.split(",")], rate=args.rate, warmup=args.warmup, window=args.window,
-            repeats=args.repeats, key=args.key, blackbox=blackbox)
+            repeats=args.repeats, key=args.key, blackbox=blackbox, engines=engines)
     if args.steady_seconds > 0:
-        s = steady(1000, 30.0, warmup=45, window=args.steady_seconds, key=args.key)
-        print(f"\n== steady state: `serve`, 1000 endpoints ({args.key}, nginx) every 30 s, {s.window:.0f} s window: "
-              f"{s.probes} probes, {s.failures} failed, CPU {s.cpu:.2f} s = {s.cpu / s.window * 100:.1f}% of one core "
-              f"(target <= 5%), {s.ms_per_probe:.3f} ms/probe", flush=True)
+        print()
+        for label, engine_env in engines:
+            s = steady(1000, 30.0, warmup=45, window=args.steady_seconds, key=args.key, env=engine_env)
+            print(f"== steady state: `serve` ({label}), 1000 endpoints ({args.key}, nginx) every 30 s, "
+                  f"{s.window:.0f} s window: {s.probes} probes, {s.failures} failed, CPU {s.cpu:.2f} s = "
+                  f"{s.cpu / s.window * 100:.1f}% of one core (target <= 5%), {s.ms_per_probe:.3f} ms/probe",
+                  flush=True)
     return 0
 
 

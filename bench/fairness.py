@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.equal_load import Serve
+from bench.equal_load import Serve, prioritise
 from bench.nginx import NginxBackends
 from bench.probe_cost import raise_fd_limit
 
@@ -105,7 +105,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def run(healthy: int, blackholed: int, interval: float, warmup: float, window: float, poll: float,
-        serve_args: list[str]) -> dict[str, float]:
+        serve_args: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     raise_fd_limit(healthy * 4 + blackholed * 4 + 1024)
     holes = BlackHoles(blackholed)
     try:
@@ -113,7 +113,7 @@ def run(healthy: int, blackholed: int, interval: float, warmup: float, window: f
                 NginxBackends(healthy, workers=2) as backends:
             path = Path(tmp) / "webhooks.yaml"
             path.write_text("\n---\n".join(json.dumps(d) for d in manifests(backends.spec, holes)))
-            serve = Serve(path, interval=interval, core=None, extra=serve_args)
+            serve = Serve(path, interval=interval, core=None, extra=serve_args, env=env)
             seen: dict[tuple[str, str], list[float]] = defaultdict(list)
             try:
                 time.sleep(warmup)
@@ -146,16 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60)
     parser.add_argument("--poll", type=float, default=0.5)
     parser.add_argument("--serve-arg", action="append", default=[], help="extra argument for serve (repeatable)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the exporter of another checkout (PYTHONPATH=DIR), e.g. a worktree of main")
+    parser.add_argument("--nice", type=int, help="as bench.equal_load --nice")
     args = parser.parse_args(argv)
-    r = run(args.healthy, args.blackholed, args.interval, args.warmup, args.window, args.poll, args.serve_arg)
+    if args.nice is not None:
+        prioritise(args.nice)
+    engines: list[tuple[str, dict[str, str]]] = [("exporter", {})]
+    if args.baseline is not None:
+        engines.append(("baseline", {"PYTHONPATH": str(args.baseline.resolve())}))
     i = args.interval
-    print(f"== fairness: `serve`, {args.healthy} healthy url webhooks + 1 webhook with {args.blackholed} black-holed "
-          f"endpoints (timeoutSeconds 10), every {i:g} s, {args.window:g} s window: healthy gaps between probes "
-          f"median {r['median']:.2f} s ({r['median'] / i * 100:.0f}% of the interval), p99 {r['p99']:.2f} s "
-          f"({r['p99'] / i * 100:.0f}%), worst {r['worst']:.2f} s ({r['worst'] / i * 100:.0f}%); "
-          f"{r['within'] * 100:.1f}% of {r['gaps']:.0f} gaps within 10% of the interval (target 100%); "
-          f"{r['healthy_probed']:.0f}/{args.healthy} healthy endpoints probed again; "
-          f"black-holed probes finished: {r['blackholed_probes']:.0f}", flush=True)
+    for label, env in engines:
+        r = run(args.healthy, args.blackholed, i, args.warmup, args.window, args.poll, args.serve_arg, env)
+        print(f"== fairness ({label}): `serve`, {args.healthy} healthy url webhooks + 1 webhook with "
+              f"{args.blackholed} black-holed endpoints (timeoutSeconds 10), every {i:g} s, {args.window:g} s window: "
+              f"healthy gaps between probes median {r['median']:.2f} s ({r['median'] / i * 100:.0f}% of the "
+              f"interval), p99 {r['p99']:.2f} s ({r['p99'] / i * 100:.0f}%), worst {r['worst']:.2f} s "
+              f"({r['worst'] / i * 100:.0f}%); {r['within'] * 100:.1f}% of {r['gaps']:.0f} gaps within 10% of the "
+              f"interval (target 100%); {r['healthy_probed']:.0f}/{args.healthy} healthy endpoints probed again; "
+              f"black-holed probes finished: {r['blackholed_probes']:.0f}", flush=True)
     return 0
 
 
