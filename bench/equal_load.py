@@ -65,7 +65,10 @@ class Serve:
                 f"{interval:g}", "--listen-address", f"127.0.0.1:{self.port}", "--log-level", "warning",
                 *(extra or [])]
         self.proc = subprocess.Popen(pinned(core, argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+                                     # `python -m` puts the working folder first on sys.path: another checkout
+                                     # given by PYTHONPATH (--baseline) must run from its own folder.
+                                     cwd=(env or {}).get("PYTHONPATH"))
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
