@@ -9,7 +9,7 @@ After a warm-up, this process reads `/metrics` every `--poll` seconds for a wind
 `admission_webhook_probe_timestamp_seconds` (when its last probe finished, on the exporter's clock). The gaps
 between a healthy endpoint's successive probes are compared with the interval: printed are the median, p99 and
 worst gap, and the share of gaps within 10% of the interval (the target: all of them), plus how many probes of
-the black-holed webhook finished meanwhile (timeouts) and its most probes in flight. Loopback only; bounded.
+the black-holed webhook were seen ending meanwhile (timeouts). Loopback only; bounded.
 Usage: python -m bench.fairness [--healthy 50] [--blackholed 100] [--interval 5] [--window 60]
 """
 
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
               f"interval), p99 {r['p99']:.2f} s ({r['p99'] / i * 100:.0f}%), worst {r['worst']:.2f} s "
               f"({r['worst'] / i * 100:.0f}%); {r['within'] * 100:.1f}% of {r['gaps']:.0f} gaps within 10% of the "
               f"interval (target 100%); {r['healthy_probed']:.0f}/{args.healthy} healthy endpoints probed again; "
-              f"black-holed probes finished: {r['blackholed_probes']:.0f}", flush=True)
+              f"black-holed probes seen ending in the window (each endpoint's first reading not counted): "
+              f"{r['blackholed_probes']:.0f}", flush=True)
     return 0
 
 
