@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-PARTS = ("equal", "probe", "fairness", "scrape", "discovery")
+PARTS = ("equal", "probe", "fairness", "scrape", "discovery", "canary")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         "scrape": ["bench.scrape_cost", *(["--series", "1000,10000", "--repeats", "5"] if args.quick else [])],
         "discovery": ["bench.discovery_cost", *(["--configs", "50", "--unrelated", "1000", "--steady", "10",
                                                   "--trials", "5"] if args.quick else [])],
+        "canary": ["bench.canary_cost", *(["--configs", "50", "--interval", "10", "--window", "20"]
+                                          if args.quick else [])],
     }
     blackbox = shutil.which("prometheus-blackbox-exporter")
     if {"equal", "probe"} & set(wanted) and not args.no_blackbox and blackbox is None:

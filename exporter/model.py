@@ -81,6 +81,19 @@ class LabelSelector:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Who manages a webhook configuration, as its metadata says (shared by its webhooks): what `explain` reads
+    to give advice fitting the tool that injects its caBundle or rewrites it (cert-manager, Gatekeeper, ...)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()  # without kubectl's last-applied-configuration (a copy of it all)
+    owners: tuple[tuple[str, str], ...] = ()  # ownerReferences: (kind, name)
+
+
+NO_PROVENANCE = Provenance()
+
+
+@dataclass(frozen=True)
 class Webhook:
     key: WebhookKey
     failure_policy: str  # "Fail" | "Ignore"
@@ -96,6 +109,7 @@ class Webhook:
     object_selector: LabelSelector = field(default_factory=LabelSelector)
     match_conditions: tuple[MatchCondition, ...] = ()
     reinvocation_policy: str = ""
+    provenance: Provenance = NO_PROVENANCE
 
     @property
     def backend(self) -> Literal["service", "url"]:

@@ -62,7 +62,7 @@ HOSTILE: dict[str, Hostile] = {
     # Go refuses a Certificate message over 256 KiB, OpenSSL over 100 KiB: both fail the handshake.
     "1 MB certificate": Hostile(None, "huge", Reason.TLS_HANDSHAKE, "tls: EXCESSIVE_MESSAGE_SIZE"),
     "plain HTTP": Hostile(plain_http, "none", Reason.TLS_HANDSHAKE,
-                          "tls: first record does not look like a TLS handshake"),
+                          "http: server gave HTTP response to HTTPS client"),  # Go's words for it
     "closes after the headers": Hostile(hostile.close_after_headers, "leaf", Reason.HTTP_ERROR,
                                         "connection closed before a full response: 0 bytes read on a total of "
                                         "1000 expected bytes"),

@@ -14,8 +14,10 @@ import yaml
 from ..model import LabelSelector, LabelSelectorRequirement, Webhook, WebhookKey
 from .matching import NAME_LABEL
 
-Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")  # most severe first
+Severity = Literal["critical", "warning", "latent", "info"]
+# Most severe first. `latent`: a risk that exists once a namespace its namespaceSelector matches exists (none
+# does now, or the manifests do not say): less than what can happen today, more than what is only worth knowing.
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "latent", "info")
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,29 @@ labels (the object's labels), namespace (ours), setPrefix (the value the labels 
 {{- end }}
 
 {{/*
+The canary's settings, checked (a dict: enabled, namespace, interval, resources). `| default dict`: a release
+installed before the canary existed has no `canary` values, and `helm upgrade --reuse-values` keeps it so.
+*/}}
+{{- define "awe.canary" -}}
+{{- $c := .Values.canary | default dict }}
+{{- $resources := $c.resources | default (list "configmaps" "pods") }}
+{{- if $c.enabled }}
+{{- if not $c.namespace }}
+{{- fail "canary.namespace: the canary dry-runs its objects in one existing namespace; name it (canary.enabled is true)" }}
+{{- end }}
+{{- if not $resources }}
+{{- fail "canary.resources: at least one of configmaps, pods" }}
+{{- end }}
+{{- range $resources }}
+{{- if not (has . (list "configmaps" "pods")) }}
+{{- fail (printf "canary.resources: %q; the canary may create (dry run) configmaps and pods only" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "enabled" (default false $c.enabled) "namespace" (default "" $c.namespace) "interval" (default 60 $c.interval) "resources" $resources) }}
+{{- end }}
+
+{{/*
 --web.config.file (docs/securing-metrics.md): "true" when any of TLS, basic auth or a bearer token is asked for.
 */}}
 {{- define "awe.webConfig.enabled" -}}
