@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
+import uuid
 
 import pytest
 
 from exporter.backend import Behaviour
 from exporter.pki import CertificateAuthority
-from exporter.probe import MAX_BODY_BYTES, admission_review, probe
+from exporter.probe import MAX_BODY_BYTES, admission_review, probe, review_body
 from exporter.reasons import Reason, recognise
 from exporter.targets import ReviewSpec
 from tests import factories as f
@@ -251,6 +253,19 @@ def test_admission_review_is_dry_run_for_the_first_rule() -> None:
     assert request["operation"] == "UPDATE"
     assert request["oldObject"] == request["object"]
     assert request["object"]["metadata"]["namespace"] == "default"
+
+
+@pytest.mark.parametrize("spec", [
+    ReviewSpec(version="v1", group="apps", api_version="v1", resource="deployments", sub_resource="",
+               operation="UPDATE", namespaced=True),
+    ReviewSpec(version="v1beta1", group="", api_version="v1", resource="pods", sub_resource="exec",
+               operation="CONNECT", namespaced=True),
+    ReviewSpec(version="v1", group="", api_version="v1", resource="namespaces", sub_resource="",
+               operation="DELETE", namespaced=False),
+], ids=["update", "subresource", "delete-cluster-scoped"])
+def test_the_review_body_is_serialised_once_and_only_the_uid_changes(spec: ReviewSpec) -> None:
+    for uid in (str(uuid.uuid4()), str(uuid.uuid4())):
+        assert review_body(spec, uid) == json.dumps(admission_review(spec, uid), separators=(",", ":")).encode()
 
 
 def test_tls_errors_read_as_go_prints_them() -> None:
