@@ -13,10 +13,15 @@ fixture) except where a test says otherwise through the chart's own values.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import io
 import json
+import re
+import secrets
 import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -36,6 +41,7 @@ from tests.monitoring.kps import NAMESPACE, PROMETHEUS, RELEASE, Stack, eventual
 from tests.monitoring.receiver import Receiver
 from tests.node import chart as node_chart
 from tests.node import workloads
+from tests.webtls import get, refused
 
 __all__ = ["helm_bin", "monitoring_build"]
 
@@ -512,3 +518,189 @@ def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env
     finally:
         env.helm.uninstall(UPGRADE_RELEASE, namespace=UPGRADE_NS)
         node_chart.delete_namespace(env.node, UPGRADE_NS)
+
+
+# ---------------------------------------------------------------------------------------------- who may read /metrics
+
+
+TLS_SECRET = "awe-tls"  # the exporter's serving certificate, its key and the CA that signed it (ca.crt)
+CLIENT_CA_SECRET = "awe-client-ca"  # the CA of Prometheus' client certificate
+CLIENT_CERT_SECRET = "prometheus-scrape-client"  # Prometheus' client certificate (kubernetes.io/tls)
+TOKEN_SECRET = "awe-scrape-token"  # the token Prometheus sends, the one the exporter accepts
+FOREIGN_CERT_SECRET = "awe-foreign-client"  # a client certificate from a CA the exporter does not trust
+SERVER_NAME = f"{EXPORTER_RELEASE}.{NAMESPACE}.svc"  # the chart's default serviceMonitor.tlsConfig.serverName
+SECURED = ("webConfig.tls.enabled=true", f"webConfig.tls.secretName={TLS_SECRET}",
+           f"webConfig.tls.clientCASecretName={CLIENT_CA_SECRET}", f"webConfig.bearerToken.secretName={TOKEN_SECRET}",
+           f"serviceMonitor.tlsConfig.clientCertSecretName={CLIENT_CERT_SECRET}")
+UNSECURED = ("webConfig.tls.enabled=false", "webConfig.tls.secretName=", "webConfig.tls.clientCASecretName=",
+             "webConfig.bearerToken.secretName=", "serviceMonitor.tlsConfig.clientCertSecretName=")
+METRICS_PORT, HEALTH_PORT = 10047, 10048  # the chart's exporter.port and exporter.healthPort
+
+
+def scrape_secrets(token: str) -> list[dict[str, Any]]:
+    """The four Secrets of docs/securing-metrics.md, in the ServiceMonitor's namespace, from exporter/pki.py."""
+    from exporter.pki import CertificateAuthority
+
+    server_ca = CertificateAuthority.create("awe serving CA")
+    serving = server_ca.issue([SERVER_NAME])
+    client_ca = CertificateAuthority.create("prometheus client CA")
+    client = client_ca.issue(["prometheus"], client=True)
+    foreign = CertificateAuthority.create("a CA nobody trusts").issue(["prometheus"], client=True)
+
+    def secret(name: str, kind: str, data: dict[str, bytes | str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "type": kind,
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "stringData": {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}}
+
+    return [secret(TLS_SECRET, "kubernetes.io/tls",
+                   {"tls.crt": serving.cert_pem, "tls.key": serving.key_pem, "ca.crt": server_ca.cert_pem}),
+            secret(CLIENT_CA_SECRET, "Opaque", {"ca.crt": client_ca.cert_pem}),
+            secret(CLIENT_CERT_SECRET, "kubernetes.io/tls", {"tls.crt": client.cert_pem, "tls.key": client.key_pem}),
+            secret(FOREIGN_CERT_SECRET, "kubernetes.io/tls", {"tls.crt": foreign.cert_pem, "tls.key": foreign.key_pem}),
+            secret(TOKEN_SECRET, "Opaque", {"token": token})]
+
+
+def refused_monitor(job: str, endpoint: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written ServiceMonitor for the chart's Service, selected by the stack's Prometheus, scraping the way
+    ``endpoint`` says under its own job label."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": job, "namespace": NAMESPACE, "labels": {"release": RELEASE}},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": EXPORTER_RELEASE,
+                                                  "app.kubernetes.io/name": "admission-webhook-exporter"}},
+                     "namespaceSelector": {"matchNames": [NAMESPACE]},
+                     "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "10s", **endpoint,
+                                    "relabelings": [{"action": "replace", "targetLabel": "job",
+                                                     "replacement": job}]}]}}
+
+
+SERVER_CA = {"secret": {"name": TLS_SECRET, "key": "ca.crt"}}
+
+
+def client_cert(secret: str) -> dict[str, Any]:
+    return {"cert": {"secret": {"name": secret, "key": "tls.crt"}}, "keySecret": {"name": secret, "key": "tls.key"}}
+
+
+TOKEN = {"authorization": {"type": "Bearer", "credentials": {"name": TOKEN_SECRET, "key": "token"}}}
+HANDSHAKE_ROW, UNAUTHORIZED_ROW = "EOF", "server returned HTTP status 401 Unauthorized"
+#: job -> (how it scrapes, the docs/securing-metrics.md row its lastError must match); none gets in
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    # The ServiceMonitor as it was before TLS: plain HTTP to the TLS port.
+    "awe-refused-plain-http": ({}, HANDSHAKE_ROW),
+    # Unauthenticated: TLS and the exporter's CA, no client certificate, no token.
+    "awe-refused-no-client-cert": ({"scheme": "https", "tlsConfig": {"serverName": SERVER_NAME, "ca": SERVER_CA}},
+                                   HANDSHAKE_ROW),
+    # The right token, a client certificate from another CA.
+    "awe-refused-foreign-cert": ({"scheme": "https", **TOKEN, "tlsConfig": {
+        "serverName": SERVER_NAME, "ca": SERVER_CA, **client_cert(FOREIGN_CERT_SECRET)}}, HANDSHAKE_ROW),
+    # The right client certificate, no token.
+    "awe-refused-no-token": ({"scheme": "https", "tlsConfig": {
+        "serverName": SERVER_NAME, "ca": SERVER_CA, **client_cert(CLIENT_CERT_SECRET)}}, UNAUTHORIZED_ROW),
+}
+
+
+def last_error_rows() -> dict[str, list[str]]:
+    """docs/securing-metrics.md's "When Prometheus shows the target down": its first `lastError` string -> all of
+    them on that row."""
+    text = (REPO / "docs" / "securing-metrics.md").read_text().split("## When Prometheus shows the target down")[1]
+    rows = [re.findall(r"`([^`]+)`", line.split("|")[1]) for line in text.splitlines() if line.startswith("| `")]
+    return {row[0]: row for row in rows}
+
+
+def notes_scrape(notes: str) -> tuple[str, str | None, str]:
+    """From the ``curl`` line NOTES.txt prints with webConfig on: the URL's host, where ``--resolve`` sends that
+    host (None: the system's resolver), and the line itself."""
+    [line] = [ln.strip() for ln in notes.splitlines() if ln.strip().startswith("curl ")]
+    url = re.search(r"https://([^/:\s]+):(\d+)/metrics", line)
+    assert url, line
+    resolve = re.search(rf"--resolve {re.escape(url.group(1))}:{url.group(2)}:(\S+)", line)
+    return url.group(1), resolve.group(1) if resolve else None, line
+
+
+@pytest.mark.timeout(900)
+def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_and_a_token_and_nothing_less(
+        env: Env, guard: Guard, tmp_path: Path) -> None:
+    token = secrets.token_hex(32)
+    made = scrape_secrets(token)
+    for obj in made:
+        env.stack.apply(obj)
+    monitors = [refused_monitor(job, endpoint) for job, (endpoint, _) in REFUSED.items()]
+    try:
+        m0 = time.monotonic()
+        upgraded = env.helm.upgrade(EXPORTER_RELEASE, *SECURED, wait=True, reuse_values=True).check()
+        env.figures["helm upgrade to TLS --wait (s)"] = time.monotonic() - m0
+        for monitor in monitors:
+            env.stack.apply(monitor)
+
+        def tls_up() -> list[dict[str, Any]]:
+            return [t for t in up_targets(env.prom, EXPORTER_JOB) if t["scrapeUrl"].startswith("https://")]
+
+        [target] = eventually(tls_up, timeout_s=WITHIN_S, every_s=2.0, what="the exporter UP over https",
+                              describe=lambda: str([(t["scrapeUrl"], t["health"], t.get("lastError"))
+                                                    for t in targets(env.prom, EXPORTER_JOB)]))
+        env.figures["upgrade -> UP over TLS (s)"] = time.monotonic() - m0
+        pod, pod_ip = target["labels"]["pod"], target["labels"]["instance"].rsplit(":", 1)[0]
+        assert target["scrapeUrl"] == f"https://{pod_ip}:{METRICS_PORT}/metrics", target
+        assert target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0", target
+        assert target["lastError"] == "", target
+        # Only the new Pod is a target: the plain-HTTP one is gone with the rollout.
+        assert [t["scrapeUrl"] for t in targets(env.prom, EXPORTER_JOB)] == [target["scrapeUrl"]]
+
+        # What it scraped over TLS is the exporter's own /metrics, the webhook's series included.
+        for query in (f'admission_webhook_exporter_build_info{{job="{EXPORTER_JOB}", pod="{pod}"}}',
+                      f'admission_webhook_probe_success{{job="{EXPORTER_JOB}", pod="{pod}", name="{GUARD_WEBHOOK}"}}'
+                      " == 1"):
+            eventually(functools.partial(env.prom.query, query), timeout_s=WITHIN_S, every_s=2.0, what=query)
+
+        # Every other way of scraping the same Pod is refused; Prometheus says why.
+        def refused_jobs() -> dict[str, dict[str, Any]] | None:
+            seen = {job: [t for t in targets(env.prom, job) if t["health"] != "unknown"] for job in REFUSED}
+            return {job: ts[0] for job, ts in seen.items()} if all(seen.values()) else None
+
+        m1 = time.monotonic()
+        down = eventually(refused_jobs, timeout_s=WITHIN_S, every_s=2.0, what="every refused job scraped once",
+                          describe=lambda: f"{[(t['labels'].get('job'), t['health']) for t in env.prom.targets()]}")
+        env.figures["refused monitors -> scraped (s)"] = time.monotonic() - m1
+        errors = {job: t["lastError"] for job, t in down.items()}
+        print(f"over TLS: {target['scrapeUrl']} up; refused, lastError verbatim: {json.dumps(errors, indent=1)}")
+        print({k: round(v, 1) for k, v in env.figures.items() if "TLS" in k or "refused" in k})
+        assert {job: t["health"] for job, t in down.items()} == {job: "down" for job in REFUSED}, errors
+        assert all(t["labels"]["pod"] == pod for t in down.values()), down
+        for job in REFUSED:
+            [up] = env.prom.query(f'up{{job="{job}"}}')
+            assert up["value"][1] == "0", up
+        # Each error is on the row of the docs' table that explains it: refused before any HTTP answer, or 401.
+        rows = last_error_rows()
+        for job, (_, row) in REFUSED.items():
+            assert any(s in errors[job] for s in rows[row]), (job, errors[job], rows[row])
+            assert ("HTTP status" in errors[job]) == (row == UNAUTHORIZED_ROW), (job, errors[job])
+
+        # From here, a client that is not Prometheus: plain HTTP to /metrics is refused, the kubelet's health port
+        # answers in the clear.
+        plain = asyncio.run(refused(f"http://{pod_ip}:{METRICS_PORT}/metrics"))
+        assert plain is not None, "plain HTTP /metrics answered"
+        health = asyncio.run(get(f"http://{pod_ip}:{HEALTH_PORT}/healthz"))
+        assert health.status == 200, health
+
+        # The NOTES' curl line, run as a user would run it through `kubectl port-forward` (which the test node
+        # cannot do: its connection to 127.0.0.1:10047 goes to the Pod's port instead).
+        host, resolved, line = notes_scrape(upgraded.stdout)
+        assert f"get secret {TOKEN_SECRET} -o jsonpath='{{.data.token}}'" in line, line
+        assert (resolved or {"localhost": "127.0.0.1"}.get(host)) == "127.0.0.1", \
+            f"curl would not connect to the port-forward: {line}"
+        context = ssl.create_default_context(cadata=next(s for s in made if s["metadata"]["name"] == TLS_SECRET)
+                                             ["stringData"]["ca.crt"])
+        client = next(s for s in made if s["metadata"]["name"] == CLIENT_CERT_SECRET)["stringData"]
+        (tmp_path / "client.pem").write_text(client["tls.crt"] + client["tls.key"])
+        context.load_cert_chain(tmp_path / "client.pem")
+        answer = asyncio.run(get(f"https://{pod_ip}:{METRICS_PORT}/metrics", tls=context, server_name=host,
+                                 headers={"Authorization": f"Bearer {token}"}))
+        assert answer.status == 200 and "admission_webhook_exporter_build_info" in answer.body, answer.status
+    finally:
+        for monitor in monitors:
+            env.stack.delete(monitor)
+        # As test 1 left it: plain HTTP, then the Secrets go.
+        upgrade(env, *UNSECURED)
+        eventually(lambda: [t for t in up_targets(env.prom, EXPORTER_JOB) if t["scrapeUrl"].startswith("http://")],
+                   timeout_s=WITHIN_S, every_s=2.0, what="the exporter UP over plain HTTP again")
+        for obj in made:
+            env.stack.delete(obj)
