@@ -1,9 +1,10 @@
-"""The path a kube-prometheus-stack user's alert takes, end to end, on a real node (issue 11, tests 1-5).
+"""The path a kube-prometheus-stack user's alert takes, end to end, on a real node (issue 11, tests 1-5), and
+who may read /metrics (test 6: TLS, a client certificate and a bearer token, through the chart's values).
 
 The node (tests/node) runs kube-prometheus-stack's machinery as its chart renders it by default
-(tests/monitoring/fixtures/, chart 77.0.0, operator v0.85.0): the operator as a Pod, Prometheus and
-Alertmanager as the StatefulSet Pods it creates from Debian's packages, and the test's alert receiver as a
-Pod. The project's chart is installed with ``helm`` as the README says. Everything the tests assert is read
+(tests/monitoring/fixtures/, chart 77.0.0, operator v0.85.0): the operator as a Pod, Prometheus (built from
+source) and Alertmanager (Debian's package) as the StatefulSet Pods it creates, and the test's alert receiver as
+a Pod. The project's chart is installed with ``helm`` as the README says. Everything the tests assert is read
 from the operator's Prometheus (its HTTP API, on the Pod IP) and from what the receiver Pod was sent.
 
 One stack per module (it costs ~1 min to come up); the tests share it in order and each leaves it as found.
@@ -606,6 +607,63 @@ def last_error_rows() -> dict[str, list[str]]:
     return {row[0]: row for row in rows}
 
 
+def exporter_scheme(config: str | None) -> str | None:
+    """The scheme of the chart ServiceMonitor's scrape job in a Prometheus configuration (None: no such job)."""
+    jobs = (yaml.safe_load(config or "") or {}).get("scrape_configs") or []
+    pool = f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0"
+    return next((str(j.get("scheme", "http")) for j in jobs if j["job_name"] == pool), None)
+
+
+PROMETHEUS_POD = f"prometheus-{PROMETHEUS}-0"
+SWITCH_WITHIN_S = 420.0  # the new scheme reaches Prometheus through the operator, the kubelet and the reloader
+
+
+class Switch:
+    """Waits for the exporter's target to be UP with ``scheme`` after a ``helm upgrade`` at ``since`` (monotonic),
+    and records where the time went (the figures of env, printed, never asserted): when the operator generated
+    the new scrape job, when Prometheus ran it, whether a reload failed, and every state the target went
+    through."""
+
+    def __init__(self, env: Env, scheme: str, since: float) -> None:
+        self.env, self.scheme, self.since = env, scheme, since
+        self.seen: dict[str, float] = {}
+        self.states: list[tuple[float, str, str, str]] = []
+        self.reload_errors: list[str] = []
+
+    def _mark(self, what: str, now: float) -> None:
+        self.seen.setdefault(f"-> {self.scheme}: {what} (s)", round(now, 1))
+
+    def poll(self) -> list[dict[str, Any]]:
+        now = time.monotonic() - self.since
+        if exporter_scheme(self.env.stack.generated_config()) == self.scheme:
+            self._mark("operator generated it", now)
+        if exporter_scheme(self.env.prom.config_yaml()) == self.scheme:
+            self._mark("Prometheus runs it", now)
+        runtime = self.env.prom.api("status/runtimeinfo").get("data") or {}
+        if runtime.get("reloadConfigSuccess") is False and "Prometheus reload failed" not in str(self.seen):
+            self._mark("Prometheus reload failed", now)
+            log = self.env.node.pod_log(NAMESPACE, PROMETHEUS_POD, "prometheus")
+            self.reload_errors = [ln for ln in log.splitlines() if "reload" in ln.lower() and "err" in ln.lower()][-3:]
+        ours = targets(self.env.prom, EXPORTER_JOB)
+        for t in ours:
+            state = (t["scrapeUrl"], t["health"], t.get("lastError", ""))
+            if not self.states or self.states[-1][1:] != state:
+                self.states.append((round(now, 1), *state))
+        return [t for t in ours if t["health"] == "up" and t["scrapeUrl"].startswith(f"{self.scheme}://")]
+
+    def describe(self) -> str:
+        return (f"{self.seen}; reload errors: {self.reload_errors}; "
+                f"target states (s after the upgrade, url, health, error): {self.states}")
+
+    def wait(self) -> list[dict[str, Any]]:
+        up: list[dict[str, Any]] = eventually(self.poll, timeout_s=SWITCH_WITHIN_S, every_s=2.0,
+                                              what=f"the exporter UP over {self.scheme}", describe=self.describe)
+        self._mark("target UP", time.monotonic() - self.since)
+        self.env.figures.update(self.seen)
+        print(self.describe())
+        return up
+
+
 def notes_scrape(notes: str) -> tuple[str, str | None, str]:
     """From the ``curl`` line NOTES.txt prints with webConfig on: the URL's host, where ``--resolve`` sends that
     host (None: the system's resolver), and the line itself."""
@@ -616,7 +674,7 @@ def notes_scrape(notes: str) -> tuple[str, str | None, str]:
     return url.group(1), resolve.group(1) if resolve else None, line
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)  # two switches of scheme, each bounded by SWITCH_WITHIN_S
 def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_and_a_token_and_nothing_less(
         env: Env, guard: Guard, tmp_path: Path) -> None:
     token = secrets.token_hex(32)
@@ -631,13 +689,7 @@ def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_a
         for monitor in monitors:
             env.stack.apply(monitor)
 
-        def tls_up() -> list[dict[str, Any]]:
-            return [t for t in up_targets(env.prom, EXPORTER_JOB) if t["scrapeUrl"].startswith("https://")]
-
-        [target] = eventually(tls_up, timeout_s=WITHIN_S, every_s=2.0, what="the exporter UP over https",
-                              describe=lambda: str([(t["scrapeUrl"], t["health"], t.get("lastError"))
-                                                    for t in targets(env.prom, EXPORTER_JOB)]))
-        env.figures["upgrade -> UP over TLS (s)"] = time.monotonic() - m0
+        [target] = Switch(env, "https", m0).wait()
         pod, pod_ip = target["labels"]["pod"], target["labels"]["instance"].rsplit(":", 1)[0]
         assert target["scrapeUrl"] == f"https://{pod_ip}:{METRICS_PORT}/metrics", target
         assert target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0", target
@@ -656,13 +708,11 @@ def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_a
             seen = {job: [t for t in targets(env.prom, job) if t["health"] != "unknown"] for job in REFUSED}
             return {job: ts[0] for job, ts in seen.items()} if all(seen.values()) else None
 
-        m1 = time.monotonic()
         down = eventually(refused_jobs, timeout_s=WITHIN_S, every_s=2.0, what="every refused job scraped once",
                           describe=lambda: f"{[(t['labels'].get('job'), t['health']) for t in env.prom.targets()]}")
-        env.figures["refused monitors -> scraped (s)"] = time.monotonic() - m1
         errors = {job: t["lastError"] for job, t in down.items()}
         print(f"over TLS: {target['scrapeUrl']} up; refused, lastError verbatim: {json.dumps(errors, indent=1)}")
-        print({k: round(v, 1) for k, v in env.figures.items() if "TLS" in k or "refused" in k})
+        print({k: round(v, 1) for k, v in env.figures.items() if "TLS" in k or k.startswith("->")})
         assert {job: t["health"] for job, t in down.items()} == {job: "down" for job in REFUSED}, errors
         assert all(t["labels"]["pod"] == pod for t in down.values()), down
         for job in REFUSED:
@@ -699,8 +749,8 @@ def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_a
         for monitor in monitors:
             env.stack.delete(monitor)
         # As test 1 left it: plain HTTP, then the Secrets go.
+        m2 = time.monotonic()
         upgrade(env, *UNSECURED)
-        eventually(lambda: [t for t in up_targets(env.prom, EXPORTER_JOB) if t["scrapeUrl"].startswith("http://")],
-                   timeout_s=WITHIN_S, every_s=2.0, what="the exporter UP over plain HTTP again")
+        Switch(env, "http", m2).wait()
         for obj in made:
             env.stack.delete(obj)
