@@ -1,9 +1,10 @@
-"""The path a kube-prometheus-stack user's alert takes, end to end, on a real node (issue 11, tests 1-5).
+"""The path a kube-prometheus-stack user's alert takes, end to end, on a real node (issue 11, tests 1-5), and
+who may read /metrics (test 6: TLS, a client certificate and a bearer token, through the chart's values).
 
 The node (tests/node) runs kube-prometheus-stack's machinery as its chart renders it by default
-(tests/monitoring/fixtures/, chart 77.0.0, operator v0.85.0): the operator as a Pod, Prometheus and
-Alertmanager as the StatefulSet Pods it creates from Debian's packages, and the test's alert receiver as a
-Pod. The project's chart is installed with ``helm`` as the README says. Everything the tests assert is read
+(tests/monitoring/fixtures/, chart 77.0.0, operator v0.85.0): the operator as a Pod, Prometheus (built from
+source) and Alertmanager (Debian's package) as the StatefulSet Pods it creates, and the test's alert receiver as
+a Pod. The project's chart is installed with ``helm`` as the README says. Everything the tests assert is read
 from the operator's Prometheus (its HTTP API, on the Pod IP) and from what the receiver Pod was sent.
 
 One stack per module (it costs ~1 min to come up); the tests share it in order and each leaves it as found.
@@ -13,10 +14,15 @@ fixture) except where a test says otherwise through the chart's own values.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import io
 import json
+import re
+import secrets
 import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -36,6 +42,7 @@ from tests.monitoring.kps import NAMESPACE, PROMETHEUS, RELEASE, Stack, eventual
 from tests.monitoring.receiver import Receiver
 from tests.node import chart as node_chart
 from tests.node import workloads
+from tests.webtls import get, refused
 
 __all__ = ["helm_bin", "monitoring_build"]
 
@@ -512,3 +519,238 @@ def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env
     finally:
         env.helm.uninstall(UPGRADE_RELEASE, namespace=UPGRADE_NS)
         node_chart.delete_namespace(env.node, UPGRADE_NS)
+
+
+# ---------------------------------------------------------------------------------------------- who may read /metrics
+
+
+TLS_SECRET = "awe-tls"  # the exporter's serving certificate, its key and the CA that signed it (ca.crt)
+CLIENT_CA_SECRET = "awe-client-ca"  # the CA of Prometheus' client certificate
+CLIENT_CERT_SECRET = "prometheus-scrape-client"  # Prometheus' client certificate (kubernetes.io/tls)
+TOKEN_SECRET = "awe-scrape-token"  # the token Prometheus sends, the one the exporter accepts
+FOREIGN_CERT_SECRET = "awe-foreign-client"  # a client certificate from a CA the exporter does not trust
+SERVER_NAME = f"{EXPORTER_RELEASE}.{NAMESPACE}.svc"  # the chart's default serviceMonitor.tlsConfig.serverName
+SECURED = ("webConfig.tls.enabled=true", f"webConfig.tls.secretName={TLS_SECRET}",
+           f"webConfig.tls.clientCASecretName={CLIENT_CA_SECRET}", f"webConfig.bearerToken.secretName={TOKEN_SECRET}",
+           f"serviceMonitor.tlsConfig.clientCertSecretName={CLIENT_CERT_SECRET}")
+UNSECURED = ("webConfig.tls.enabled=false", "webConfig.tls.secretName=", "webConfig.tls.clientCASecretName=",
+             "webConfig.bearerToken.secretName=", "serviceMonitor.tlsConfig.clientCertSecretName=")
+METRICS_PORT, HEALTH_PORT = 10047, 10048  # the chart's exporter.port and exporter.healthPort
+
+
+def scrape_secrets(token: str) -> list[dict[str, Any]]:
+    """The four Secrets of docs/securing-metrics.md, in the ServiceMonitor's namespace, from exporter/pki.py."""
+    from exporter.pki import CertificateAuthority
+
+    server_ca = CertificateAuthority.create("awe serving CA")
+    serving = server_ca.issue([SERVER_NAME])
+    client_ca = CertificateAuthority.create("prometheus client CA")
+    client = client_ca.issue(["prometheus"], client=True)
+    foreign = CertificateAuthority.create("a CA nobody trusts").issue(["prometheus"], client=True)
+
+    def secret(name: str, kind: str, data: dict[str, bytes | str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "type": kind,
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "stringData": {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}}
+
+    return [secret(TLS_SECRET, "kubernetes.io/tls",
+                   {"tls.crt": serving.cert_pem, "tls.key": serving.key_pem, "ca.crt": server_ca.cert_pem}),
+            secret(CLIENT_CA_SECRET, "Opaque", {"ca.crt": client_ca.cert_pem}),
+            secret(CLIENT_CERT_SECRET, "kubernetes.io/tls", {"tls.crt": client.cert_pem, "tls.key": client.key_pem}),
+            secret(FOREIGN_CERT_SECRET, "kubernetes.io/tls", {"tls.crt": foreign.cert_pem, "tls.key": foreign.key_pem}),
+            secret(TOKEN_SECRET, "Opaque", {"token": token})]
+
+
+def refused_monitor(job: str, endpoint: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written ServiceMonitor for the chart's Service, selected by the stack's Prometheus, scraping the way
+    ``endpoint`` says under its own job label."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": job, "namespace": NAMESPACE, "labels": {"release": RELEASE}},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": EXPORTER_RELEASE,
+                                                  "app.kubernetes.io/name": "admission-webhook-exporter"}},
+                     "namespaceSelector": {"matchNames": [NAMESPACE]},
+                     "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "10s", **endpoint,
+                                    "relabelings": [{"action": "replace", "targetLabel": "job",
+                                                     "replacement": job}]}]}}
+
+
+SERVER_CA = {"secret": {"name": TLS_SECRET, "key": "ca.crt"}}
+
+
+def client_cert(secret: str) -> dict[str, Any]:
+    return {"cert": {"secret": {"name": secret, "key": "tls.crt"}}, "keySecret": {"name": secret, "key": "tls.key"}}
+
+
+TOKEN = {"authorization": {"type": "Bearer", "credentials": {"name": TOKEN_SECRET, "key": "token"}}}
+HANDSHAKE_ROW, UNAUTHORIZED_ROW = "EOF", "server returned HTTP status 401 Unauthorized"
+#: job -> (how it scrapes, the docs/securing-metrics.md row its lastError must match); none gets in
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    # The ServiceMonitor as it was before TLS: plain HTTP to the TLS port.
+    "awe-refused-plain-http": ({}, HANDSHAKE_ROW),
+    # Unauthenticated: TLS and the exporter's CA, no client certificate, no token.
+    "awe-refused-no-client-cert": ({"scheme": "https", "tlsConfig": {"serverName": SERVER_NAME, "ca": SERVER_CA}},
+                                   HANDSHAKE_ROW),
+    # The right token, a client certificate from another CA.
+    "awe-refused-foreign-cert": ({"scheme": "https", **TOKEN, "tlsConfig": {
+        "serverName": SERVER_NAME, "ca": SERVER_CA, **client_cert(FOREIGN_CERT_SECRET)}}, HANDSHAKE_ROW),
+    # The right client certificate, no token.
+    "awe-refused-no-token": ({"scheme": "https", "tlsConfig": {
+        "serverName": SERVER_NAME, "ca": SERVER_CA, **client_cert(CLIENT_CERT_SECRET)}}, UNAUTHORIZED_ROW),
+}
+
+
+def last_error_rows() -> dict[str, list[str]]:
+    """docs/securing-metrics.md's "When Prometheus shows the target down": its first `lastError` string -> all of
+    them on that row."""
+    text = (REPO / "docs" / "securing-metrics.md").read_text().split("## When Prometheus shows the target down")[1]
+    rows = [re.findall(r"`([^`]+)`", line.split("|")[1]) for line in text.splitlines() if line.startswith("| `")]
+    return {row[0]: row for row in rows}
+
+
+def exporter_scheme(config: str | None) -> str | None:
+    """The scheme of the chart ServiceMonitor's scrape job in a Prometheus configuration (None: no such job)."""
+    jobs = (yaml.safe_load(config or "") or {}).get("scrape_configs") or []
+    pool = f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0"
+    return next((str(j.get("scheme", "http")) for j in jobs if j["job_name"] == pool), None)
+
+
+PROMETHEUS_POD = f"prometheus-{PROMETHEUS}-0"
+SWITCH_WITHIN_S = 420.0  # the new scheme reaches Prometheus through the operator, the kubelet and the reloader
+
+
+class Switch:
+    """Waits for the exporter's target to be UP with ``scheme`` after a ``helm upgrade`` at ``since`` (monotonic),
+    and records where the time went (the figures of env, printed, never asserted): when the operator generated
+    the new scrape job, when Prometheus ran it, whether a reload failed, and every state the target went
+    through."""
+
+    def __init__(self, env: Env, scheme: str, since: float) -> None:
+        self.env, self.scheme, self.since = env, scheme, since
+        self.seen: dict[str, float] = {}
+        self.states: list[tuple[float, str, str, str]] = []
+        self.reload_errors: list[str] = []
+
+    def _mark(self, what: str, now: float) -> None:
+        self.seen.setdefault(f"-> {self.scheme}: {what} (s)", round(now, 1))
+
+    def poll(self) -> list[dict[str, Any]]:
+        now = time.monotonic() - self.since
+        if exporter_scheme(self.env.stack.generated_config()) == self.scheme:
+            self._mark("operator generated it", now)
+        if exporter_scheme(self.env.prom.config_yaml()) == self.scheme:
+            self._mark("Prometheus runs it", now)
+        runtime = self.env.prom.api("status/runtimeinfo").get("data") or {}
+        if runtime.get("reloadConfigSuccess") is False and "Prometheus reload failed" not in str(self.seen):
+            self._mark("Prometheus reload failed", now)
+            log = self.env.node.pod_log(NAMESPACE, PROMETHEUS_POD, "prometheus")
+            self.reload_errors = [ln for ln in log.splitlines() if "reload" in ln.lower() and "err" in ln.lower()][-3:]
+        ours = targets(self.env.prom, EXPORTER_JOB)
+        for t in ours:
+            state = (t["scrapeUrl"], t["health"], t.get("lastError", ""))
+            if not self.states or self.states[-1][1:] != state:
+                self.states.append((round(now, 1), *state))
+        return [t for t in ours if t["health"] == "up" and t["scrapeUrl"].startswith(f"{self.scheme}://")]
+
+    def describe(self) -> str:
+        return (f"{self.seen}; reload errors: {self.reload_errors}; "
+                f"target states (s after the upgrade, url, health, error): {self.states}")
+
+    def wait(self) -> list[dict[str, Any]]:
+        up: list[dict[str, Any]] = eventually(self.poll, timeout_s=SWITCH_WITHIN_S, every_s=2.0,
+                                              what=f"the exporter UP over {self.scheme}", describe=self.describe)
+        self._mark("target UP", time.monotonic() - self.since)
+        self.env.figures.update(self.seen)
+        print(self.describe())
+        return up
+
+
+def notes_scrape(notes: str) -> tuple[str, str | None, str]:
+    """From the ``curl`` line NOTES.txt prints with webConfig on: the URL's host, where ``--resolve`` sends that
+    host (None: the system's resolver), and the line itself."""
+    [line] = [ln.strip() for ln in notes.splitlines() if ln.strip().startswith("curl ")]
+    url = re.search(r"https://([^/:\s]+):(\d+)/metrics", line)
+    assert url, line
+    resolve = re.search(rf"--resolve {re.escape(url.group(1))}:{url.group(2)}:(\S+)", line)
+    return url.group(1), resolve.group(1) if resolve else None, line
+
+
+@pytest.mark.timeout(1200)  # two switches of scheme, each bounded by SWITCH_WITHIN_S
+def test_6_the_operators_prometheus_scrapes_over_tls_with_a_client_certificate_and_a_token_and_nothing_less(
+        env: Env, guard: Guard, tmp_path: Path) -> None:
+    token = secrets.token_hex(32)
+    made = scrape_secrets(token)
+    for obj in made:
+        env.stack.apply(obj)
+    monitors = [refused_monitor(job, endpoint) for job, (endpoint, _) in REFUSED.items()]
+    try:
+        m0 = time.monotonic()
+        upgraded = env.helm.upgrade(EXPORTER_RELEASE, *SECURED, wait=True, reuse_values=True).check()
+        env.figures["helm upgrade to TLS --wait (s)"] = time.monotonic() - m0
+        for monitor in monitors:
+            env.stack.apply(monitor)
+
+        [target] = Switch(env, "https", m0).wait()
+        pod, pod_ip = target["labels"]["pod"], target["labels"]["instance"].rsplit(":", 1)[0]
+        assert target["scrapeUrl"] == f"https://{pod_ip}:{METRICS_PORT}/metrics", target
+        assert target["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{EXPORTER_RELEASE}/0", target
+        assert target["lastError"] == "", target
+        # Only the new Pod is a target: the plain-HTTP one is gone with the rollout.
+        assert [t["scrapeUrl"] for t in targets(env.prom, EXPORTER_JOB)] == [target["scrapeUrl"]]
+
+        # What it scraped over TLS is the exporter's own /metrics, the webhook's series included.
+        for query in (f'admission_webhook_exporter_build_info{{job="{EXPORTER_JOB}", pod="{pod}"}}',
+                      f'admission_webhook_probe_success{{job="{EXPORTER_JOB}", pod="{pod}", name="{GUARD_WEBHOOK}"}}'
+                      " == 1"):
+            eventually(functools.partial(env.prom.query, query), timeout_s=WITHIN_S, every_s=2.0, what=query)
+
+        # Every other way of scraping the same Pod is refused; Prometheus says why.
+        def refused_jobs() -> dict[str, dict[str, Any]] | None:
+            seen = {job: [t for t in targets(env.prom, job) if t["health"] != "unknown"] for job in REFUSED}
+            return {job: ts[0] for job, ts in seen.items()} if all(seen.values()) else None
+
+        down = eventually(refused_jobs, timeout_s=WITHIN_S, every_s=2.0, what="every refused job scraped once",
+                          describe=lambda: f"{[(t['labels'].get('job'), t['health']) for t in env.prom.targets()]}")
+        errors = {job: t["lastError"] for job, t in down.items()}
+        print(f"over TLS: {target['scrapeUrl']} up; refused, lastError verbatim: {json.dumps(errors, indent=1)}")
+        print({k: round(v, 1) for k, v in env.figures.items() if "TLS" in k or k.startswith("->")})
+        assert {job: t["health"] for job, t in down.items()} == {job: "down" for job in REFUSED}, errors
+        assert all(t["labels"]["pod"] == pod for t in down.values()), down
+        for job in REFUSED:
+            [up] = env.prom.query(f'up{{job="{job}"}}')
+            assert up["value"][1] == "0", up
+        # Each error is on the row of the docs' table that explains it: refused before any HTTP answer, or 401.
+        rows = last_error_rows()
+        for job, (_, row) in REFUSED.items():
+            assert any(s in errors[job] for s in rows[row]), (job, errors[job], rows[row])
+            assert ("HTTP status" in errors[job]) == (row == UNAUTHORIZED_ROW), (job, errors[job])
+
+        # From here, a client that is not Prometheus: plain HTTP to /metrics is refused, the kubelet's health port
+        # answers in the clear.
+        plain = asyncio.run(refused(f"http://{pod_ip}:{METRICS_PORT}/metrics"))
+        assert plain is not None, "plain HTTP /metrics answered"
+        health = asyncio.run(get(f"http://{pod_ip}:{HEALTH_PORT}/healthz"))
+        assert health.status == 200, health
+
+        # The NOTES' curl line, run as a user would run it through `kubectl port-forward` (which the test node
+        # cannot do: its connection to 127.0.0.1:10047 goes to the Pod's port instead).
+        host, resolved, line = notes_scrape(upgraded.stdout)
+        assert f"get secret {TOKEN_SECRET} -o jsonpath='{{.data.token}}'" in line, line
+        assert (resolved or {"localhost": "127.0.0.1"}.get(host)) == "127.0.0.1", \
+            f"curl would not connect to the port-forward: {line}"
+        context = ssl.create_default_context(cadata=next(s for s in made if s["metadata"]["name"] == TLS_SECRET)
+                                             ["stringData"]["ca.crt"])
+        client = next(s for s in made if s["metadata"]["name"] == CLIENT_CERT_SECRET)["stringData"]
+        (tmp_path / "client.pem").write_text(client["tls.crt"] + client["tls.key"])
+        context.load_cert_chain(tmp_path / "client.pem")
+        answer = asyncio.run(get(f"https://{pod_ip}:{METRICS_PORT}/metrics", tls=context, server_name=host,
+                                 headers={"Authorization": f"Bearer {token}"}))
+        assert answer.status == 200 and "admission_webhook_exporter_build_info" in answer.body, answer.status
+    finally:
+        for monitor in monitors:
+            env.stack.delete(monitor)
+        # As test 1 left it: plain HTTP, then the Secrets go.
+        m2 = time.monotonic()
+        upgrade(env, *UNSECURED)
+        Switch(env, "http", m2).wait()
+        for obj in made:
+            env.stack.delete(obj)

@@ -276,6 +276,11 @@ the exporter would refuse at start-up, so a mistake fails the install instead of
 {{- toYaml $config }}
 {{- end }}
 
+{{/* The name a scraper verifies the exporter's certificate for (the ServiceMonitor's, and NOTES.txt's curl). */}}
+{{- define "awe.serviceMonitor.serverName" -}}
+{{- .Values.serviceMonitor.tlsConfig.serverName | default (printf "%s.%s.svc" (include "awe.fullname" .) .Release.Namespace) }}
+{{- end }}
+
 {{/*
 The ServiceMonitor endpoint's scheme, tlsConfig and authorization/basicAuth for webConfig (YAML, indented by the
 caller). Fails when Prometheus could not pass what the exporter asks for.
@@ -289,7 +294,7 @@ caller). Fails when Prometheus could not pass what the exporter asks for.
 {{- if and (eq $auth "RequireAndVerifyClientCert") (not $m.tlsConfig.clientCertSecretName) }}
 {{- fail "serviceMonitor.tlsConfig.clientCertSecretName is required: the exporter requires a client certificate (webConfig.tls.clientAuthType RequireAndVerifyClientCert), so Prometheus must present one (a kubernetes.io/tls Secret)" }}
 {{- end }}
-{{- $tlsConfig := dict "serverName" ($m.tlsConfig.serverName | default (printf "%s.%s.svc" (include "awe.fullname" .) .Release.Namespace)) }}
+{{- $tlsConfig := dict "serverName" (include "awe.serviceMonitor.serverName" .) }}
 {{- if $m.tlsConfig.insecureSkipVerify }}
 {{- $_ := set $tlsConfig "insecureSkipVerify" true }}
 {{- else }}
