@@ -1,4 +1,4 @@
-"""Run the benchmarks and print their tables: `python -m bench [--only probe,scrape,...] [--quick]`.
+"""Run the benchmarks and print their tables: `python -m bench [--only equal,probe,fairness,...] [--quick]`.
 
 Figures, not pass/fail: see bench/README.md for the targets they are read against. Each part runs in its
 own processes, one after the other (on a small machine two at once would measure each other).
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-PARTS = ("probe", "scrape", "discovery", "memory", "startup")
+PARTS = ("equal", "probe", "fairness", "scrape", "discovery", "memory", "startup", "canary")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,17 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     commands = {
+        "equal": ["bench.equal_load", *(["--counts", "100", "--repeats", "2", "--window", "15",
+                                         "--steady-seconds", "30"] if args.quick else []),
+                  *(["--no-blackbox"] if args.no_blackbox else [])],
         "probe": ["bench.probe_cost", *(["--counts", "100,1000", "--keys", "ecdsa", "--steady-seconds", "10"]
                                         if args.quick else []), *(["--no-blackbox"] if args.no_blackbox else [])],
+        "fairness": ["bench.fairness", *(["--window", "20"] if args.quick else [])],
         "scrape": ["bench.scrape_cost", *(["--series", "1000,10000", "--repeats", "5"] if args.quick else [])],
         "discovery": ["bench.discovery_cost", *(["--configs", "50", "--unrelated", "1000", "--steady", "10",
                                                   "--trials", "5", "--churn", "20"] if args.quick else [])],
         "memory": ["bench.memory_cost", *(["--configs", "100", "--backends", "20", "--seconds", "10"]
                                           if args.quick else [])],
         "startup": ["bench.startup_cost", *(["--repeats", "3"] if args.quick else [])],
+        "canary": ["bench.canary_cost", *(["--configs", "50", "--interval", "10", "--window", "20"]
+                                          if args.quick else [])],
     }
-    if "probe" in wanted and not args.no_blackbox and shutil.which("prometheus-blackbox-exporter") is None:
-        print("note: blackbox_exporter is not installed (bench/install-blackbox.sh); probe cost runs without it\n")
+    blackbox = shutil.which("prometheus-blackbox-exporter")
+    if {"equal", "probe"} & set(wanted) and not args.no_blackbox and blackbox is None:
+        print("note: blackbox_exporter is not installed (bench/install-blackbox.sh); the probe costs run without it\n")
     failed = []
     for part in wanted:
         started = time.monotonic()

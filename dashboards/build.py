@@ -69,7 +69,7 @@ DETAIL_FILE = OUTPUT_DIR / "admission-webhook-detail.json"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["admission-webhook-exporter", "kubernetes"]
 DAY = 86400
-RED, ORANGE, GREEN, BLUE, TEXT = "red", "orange", "green", "blue", "text"
+RED, ORANGE, GREEN, BLUE, PURPLE, TEXT = "red", "orange", "green", "blue", "purple", "text"
 # How a NaN fill (nothing to show) and a missing cell look.
 NOTHING: list[dm.ValueMapping] = [dm.SpecialValueMap(options=dm.DashboardSpecialValueMapOptions(
     match=dm.SpecialValueMatch.NULL_AND_NAN, result=dm.ValueMappingResult(text="-", color=TEXT)))]
@@ -77,7 +77,8 @@ VERDICT: list[dm.ValueMapping] = [dm.ValueMap(options={"1": dm.ValueMappingResul
                                 "0": dm.ValueMappingResult(text="FAILING", color=RED, index=1)})]
 SEVERITY: list[dm.ValueMapping] = [dm.ValueMap(options={"critical": dm.ValueMappingResult(color=RED, index=0),
                                  "warning": dm.ValueMappingResult(color=ORANGE, index=1),
-                                 "info": dm.ValueMappingResult(color=BLUE, index=2)})]
+                                 "latent": dm.ValueMappingResult(color=PURPLE, index=2),
+                                 "info": dm.ValueMappingResult(color=BLUE, index=3)})]
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,16 @@ def overview(s: Settings) -> db.Dashboard:
                mappings=tuple(VERDICT), cell="color-background", width=90),
         Column("D", "reason", q.fill(f"max by ({w}, reason) (admission_webhook_probe_failure_info{q.exp()})"),
                value=False),
+        # The canary (opt-in): the apiserver's own path to the webhook, beside the probe's verdict. Its reasons
+        # go in a label of their own (`canary_reason`): the merge would otherwise mix them with the probe's.
+        Column("P", "canary", q.fill(f"min by ({w}) (admission_webhook:canary_success:min{q.rec()})"),
+               mappings=tuple(VERDICT), cell="color-background", width=90),
+        # label_join copies `reason` (label_replace's "$1" would read as a Grafana variable); the three reason
+        # sets do not overlap (docs/metrics.md), so the value alone says which kind it is.
+        Column("Q", "canary reason", q.fill("\nor ".join(
+            f'max by ({w}, canary_reason) (label_join({family}{q.exp()}, "canary_reason", "", "reason"))'
+            for family in ("admission_webhook_canary_failure_info", "admission_webhook_canary_inconclusive_info",
+                           "admission_webhook_not_canaried_info"))), value=False),
         Column("E", "served cert (days)", q.fill(
             f"min by ({w}) (admission_webhook_endpoint:tls_certificate_expiry_seconds:min{q.rec()}) / {DAY}"),
                unit="d", decimals=1, thresholds=days, cell="color-background", width=110),
@@ -464,7 +475,10 @@ def overview(s: Settings) -> db.Dashboard:
     ]
     d = d.with_panel(merged_table(
         layout, "Webhook health", "One row per webhook. Exporter: failurePolicy and backend, ready endpoints behind a "
-        "service webhook (red at 0), the probe verdict (FAILING when any endpoint fails) and its reason, days "
+        "service webhook (red at 0), the probe verdict (FAILING when any endpoint fails) and its reason, the "
+        "canary's verdict (opt-in: whether the kube-apiserver itself could call the webhook for a dry run; FAILING "
+        "while the probe is OK means the control plane's path is broken) and its reason (why it failed, why its "
+        "answer said nothing, or why the webhook is not canaried), days "
         f"until the served certificate and the caBundle CA expire (red under {crit:g}, orange under "
         f"{warn:g} / {s.ca_bundle_warning_days:g}), the slowest endpoint's last probe against timeoutSeconds "
         f"(red from {s.latency_timeout_ratio:.0%}). Apiserver, joined on name and type: calls/s, rejected/s (all "
@@ -472,7 +486,7 @@ def overview(s: Settings) -> db.Dashboard:
         "- means nothing to show (a url webhook has no Service; no call seen). Click a name for its detail.",
         columns, labels=[(s.cluster_label, "cluster"), ("configuration", "configuration"), ("name", "webhook"),
                          ("type", "type"), ("failure_policy", "policy"), ("backend", "backend"),
-                         ("reason", "reason")],
+                         ("reason", "reason"), ("canary_reason", "canary reason")],
         links={"name": detail_link()}, height=12))
 
     d = d.with_row(db.Row("Apiserver").id(layout.id()))
@@ -554,9 +568,11 @@ def detail(s: Settings) -> db.Dashboard:
     d = d.with_panel(merged_table(
         layout, "Endpoints", "Every endpoint probed (empty endpoint: nothing to dial, see reason): the last verdict "
         "and its reason, how long the last probe took and when it finished, and the served certificate's notAfter "
-        f"with the days left (red under {crit:g}).",
+        f"with the days left (red under {crit:g}). An endpoint that wants the apiserver's client certificate "
+        "(reason client_auth_required) has no verdict (-): not an outage.",
         [
-            Column("A", "verdict", f"max by ({ep}) (admission_webhook_probe_success{q.exp(hook)})",
+            Column("A", "verdict", q.fill(f"min by ({ep}) (admission_webhook_endpoint:probe_success:min"
+                                          f"{q.rec(hook)})", per="endpoint", extra=hook),
                    mappings=tuple(VERDICT), cell="color-background", width=90),
             Column("B", "reason", q.fill(f"max by ({ep}, reason) (admission_webhook_probe_failure_info"
                                          f"{q.exp(hook)})", per="endpoint", extra=hook), value=False),
@@ -592,9 +608,10 @@ def detail(s: Settings) -> db.Dashboard:
     d = d.with_row(db.Row("Probe history").id(layout.id()))
     d = d.with_panel(
         statetimeline.Panel().id(layout.id()).title("Probe result per endpoint").description(
-            "Each endpoint's probe verdict over time: green OK, red FAILING.").datasource(DATASOURCE)
-        .with_target(target(f"max by (configuration, endpoint) (admission_webhook_probe_success{q.exp(hook)})", "A",
-                            legend="{{endpoint}} ({{configuration}})"))
+            "Each endpoint's probe verdict over time: green OK, red FAILING (an endpoint that wants the apiserver's "
+            "client certificate, reason client_auth_required, has none).").datasource(DATASOURCE)
+        .with_target(target(f"min by (configuration, endpoint) (admission_webhook_endpoint:probe_success:min"
+                            f"{q.rec(hook)})", "A", legend="{{endpoint}} ({{configuration}})"))
         .mappings([*VERDICT, *NOTHING]).thresholds(steps((None, RED), (1, GREEN)))
         .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
         .show_value(cm.VisibilityMode.NEVER).merge_values(True).height(8).span(12))

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from .audit import Finding, audit
+from .canary import Canary
 from .collector import ExporterCollector, Scrape
 from .discovery import Discovery
 from .exposition import EOF, render_text
@@ -79,6 +80,7 @@ class Exporter:
         jitter: float = 0.1,
         probe_fn: ProbeFn | None = None,
         discovery: Discovery | None = None,
+        canary: Canary | None = None,
         audit_interval: float = AUDIT_INTERVAL_SECONDS,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
@@ -90,6 +92,7 @@ class Exporter:
         self.scheduler = ProbeScheduler(results=self.results, probe_fn=probe_fn or probe, concurrency=concurrency,
                                         interval=interval, jitter=jitter)
         self.discovery = discovery
+        self.canary = canary  # opt-in: dry-run creates through the apiserver (exporter.canary)
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
         self.registry.register(self.collector)
         self._also_exposed: list[WebSecurity] = []  # registered after ours, rendered after ours
@@ -108,6 +111,8 @@ class Exporter:
         snapshot = self.state.adopt(inventory)
         self.scheduler.update(snapshot.plans)
         self.collector.prepare(snapshot.plans, self.results.snapshot())
+        if self.canary is not None:
+            self.canary.adopt(inventory)
         self._audited.clear()
         self._audit_wanted.set()
         if self._auditor is None:
@@ -141,7 +146,8 @@ class Exporter:
     def scrape(self) -> Scrape:
         """What a scrape formats: each source read once (called on the scrape's worker thread)."""
         return Scrape(snapshot=self.state.snapshot, results=self.results.snapshot(), probes=self.scheduler.counts(),
-                      watches=self.discovery.status() if self.discovery is not None else None)
+                      watches=self.discovery.status() if self.discovery is not None else None,
+                      canary=self.canary.status() if self.canary is not None else None)
 
     async def start(self) -> None:
         """Start following the live discovery, if there is one."""
@@ -172,6 +178,8 @@ class Exporter:
     async def close(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        if self.canary is not None:  # before discovery, which closes the API session the canary sends on
+            await self.canary.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self._auditor is not None:

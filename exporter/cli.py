@@ -3,15 +3,16 @@
 Bad flags and unusable manifests print one line on stderr and exit 2; `check` exits 1 when a
 `failurePolicy: Fail` webhook is unhealthy, and `audit` when a finding reaches `--fail-on`, so both can gate
 a pipeline. Both also exit 1 when they checked nothing (no webhook; `--allow-empty` when that is expected) or
-not everything (an object skipped as malformed). An unexpected exception is a bug, not a usage error: it
-prints its traceback and exits 3.
+not everything (an object skipped as malformed). `explain` exits with the number of admission webhook errors
+it found in the text (0: none, capped at 100). An unexpected exception is a bug, not a usage error: it
+prints its traceback and exits 3. A reader that goes away (`| head`) ends the command quietly, with 141 as a
+process killed by SIGPIPE would.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,11 @@ from .model import SEVERITIES, Inventory
 # Each command imports what it uses when it runs (`--help`, `explain` and `audit` of a file start in a fraction
 # of the time the exporter's server, prober and watches take to import), so these are for annotations only.
 if TYPE_CHECKING:
+    import asyncio
+
     from .app import Exporter
+    from .canary import CanaryConfig
+    from .clientauth import WebhookClientConfig
     from .discovery import Discovery
     from .kubeconfig import Credentials
     from .report import Gate
@@ -44,6 +49,8 @@ DEFAULT_PORT = 10047  # outside the fully allocated 9100-9999 exporter range; se
 EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3  # a bug: distinct from 1 (unhealthy) so a pipeline does not read a crash as a verdict
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader went away, as a shell reports a process SIGPIPE killed
+EXIT_COUNT_CAP = 100  # `explain`: the number of errors found, at most this
 
 
 class UsageError(Exception):
@@ -86,6 +93,8 @@ class Bounded:
 # open-file limit; a demo runs at least long enough for its first round to print.
 PROBE_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 PROBE_CONCURRENCY = Bounded(int, 1, 1024)
+CANARY_INTERVAL = Bounded(float, 1, 86_400, "seconds")
+CANARY_DEFAULT_INTERVAL = 60.0  # canary.DEFAULT_INTERVAL (a test keeps them equal): `--help` loads no aiohttp
 DEMO_DURATION = Bounded(float, 1, 86_400, "seconds", hint=" (leave --duration out to run until interrupted)")
 
 
@@ -99,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="probes in flight at most, 1-1024 (default 64)")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
+
+    def client_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--webhook-client-config", metavar="PATH",
+                       help="the kube-apiserver's AdmissionConfiguration kubeConfigFile: present to each webhook the "
+                            "client certificate (and token) the apiserver presents; without it a backend that "
+                            "requires one is reported as client_auth_required")
 
     def gate(p: argparse.ArgumentParser) -> None:
         p.add_argument("--allow-empty", action="store_true",
@@ -118,18 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
     serve.add_argument("--probe-interval", type=PROBE_INTERVAL, default=30.0, metavar="SECONDS",
                        help="seconds between probes of one endpoint, 1-86400 (default 30)")
+    serve.add_argument("--canary-namespace", metavar="NAMESPACE",
+                       help="opt in to the canary: a dry-run create (dryRun=All, nothing stored) per webhook through "
+                            "the apiserver's own path, of an object in this existing namespace (needs `create` on "
+                            "the canary's resources there); off unless given")
+    serve.add_argument("--canary-interval", type=CANARY_INTERVAL, default=CANARY_DEFAULT_INTERVAL, metavar="SECONDS",
+                       help="seconds between two canaries of one webhook, 1-86400 "
+                            f"(default {CANARY_DEFAULT_INTERVAL:g})")
+    serve.add_argument("--canary-resources", default="configmaps,pods", metavar="LIST",
+                       help="what the canary may create (dry run), in order of preference: configmaps, pods or both "
+                            "(default configmaps,pods)")
     serve.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
                        help="exporter-toolkit web configuration file: TLS, client certificates, basic auth and "
                             "bearer tokens for --listen-address, re-read when it changes (docs/securing-metrics.md)")
     serve.add_argument("--health-listen-address", metavar="[HOST]:PORT",
                        help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
                             "kubelet's probes when --web.config.file requires a client certificate or credentials")
+    client_config(serve)
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
                                          "is unhealthy, or if there was nothing to check or something was skipped")
     sources(check)
     check.add_argument("--output", choices=["table", "json"], default="table")
+    client_config(check)
     gate(check)
     common(check)
 
@@ -145,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     audit_cmd.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
 
-    explain_cmd = sub.add_parser("explain", help="explain an apiserver/kubectl admission webhook error; with a "
-                                                 "cluster or manifests, add the webhook's probe verdict now")
+    explain_cmd = sub.add_parser("explain", help="explain each apiserver/kubectl admission webhook error in a text; "
+                                                 "with a cluster or manifests, add the webhooks' probe verdicts now; "
+                                                 "exit status: how many errors it found")
     explain_cmd.add_argument("text", nargs="?", default="-", help="the error text; '-' or absent: read stdin")
     sources(explain_cmd)
     explain_cmd.add_argument("--output", choices=["text", "json"], default="text")
+    client_config(explain_cmd)
     common(explain_cmd)
 
     demo = sub.add_parser("demo", help="start local faulty webhook backends and serve the exporter against them")
@@ -239,15 +268,29 @@ async def _live_inventory(args: argparse.Namespace, limit: float = 60) -> Invent
         await discovery.close()
 
 
+def _client_config(args: argparse.Namespace) -> WebhookClientConfig | None:
+    if not getattr(args, "webhook_client_config", None):
+        return None
+    from .clientauth import WebhookClientConfig
+    from .kubeconfig import KubeconfigError
+
+    try:
+        return WebhookClientConfig.load(args.webhook_client_config)
+    except KubeconfigError as err:  # the file is read as a kubeconfig: say which flag named it
+        raise UsageError(f"--webhook-client-config: {err}") from err
+
+
 async def run_check(args: argparse.Namespace) -> int:
+    from .probe import prober
     from .report import check_failures, summarize, to_json, to_table
     from .scheduler import probe_once
     from .targets import plan
 
+    credentials = _client_config(args)
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
     plans = plan(inventory)
-    results = await probe_once(plans, concurrency=args.probe_concurrency)
+    results = await probe_once(plans, concurrency=args.probe_concurrency, probe_fn=prober(credentials))
     statuses = summarize(plans, results)
     gate = _gate(args, inventory, check_failures(statuses))
     print(to_json(statuses, gate) if args.output == "json" else to_table(statuses))
@@ -275,27 +318,32 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 
 async def run_explain(args: argparse.Namespace) -> int:
-    from .explain import explain, probe_verdicts
+    from .explain import MAX_INPUT_CHARS, explain_all, probe_verdicts, webhooks_to_probe, with_verdicts
     from .explain import to_json as explain_json
     from .explain import to_text as explain_text
 
-    try:
-        text = sys.stdin.read() if args.text == "-" else args.text
+    try:  # bounded: one character more than explain reads tells it the text was longer
+        text = sys.stdin.read(MAX_INPUT_CHARS + 1) if args.text == "-" else args.text
     except UnicodeDecodeError as err:
         raise UsageError(f"stdin is not {sys.stdin.encoding} text ({err.reason})") from err
     if not text.strip():
         raise UsageError("explain needs the error text: as an argument, or on stdin")
+    credentials = _client_config(args)
     inventory: Inventory | None = None
+    source = ""
     if args.manifests:
-        inventory = load_inventory(args.manifests)
+        inventory, source = load_inventory(args.manifests), f"--manifests {' '.join(args.manifests)}"
     elif args.kubeconfig or args.context:
-        inventory = await _live_inventory(args)
-    explanation = explain(text, inventory)
-    if inventory is not None and explanation.webhook:
-        verdicts = await probe_verdicts(inventory, explanation.webhook, concurrency=args.probe_concurrency)
-        explanation = dataclasses.replace(explanation, verdicts=verdicts)
-    print(explain_json(explanation) if args.output == "json" else explain_text(explanation))
-    return EXIT_UNHEALTHY if explanation.kind == "unknown" else 0
+        inventory, source = await _live_inventory(args), "the cluster"
+    result = explain_all(text, inventory, source=source)
+    if inventory is not None and (names := webhooks_to_probe(result)):
+        from .probe import prober
+
+        verdicts = await probe_verdicts(inventory, names, concurrency=args.probe_concurrency,
+                                        probe_fn=prober(credentials))
+        result = with_verdicts(result, verdicts)
+    print(explain_json(result) if args.output == "json" else explain_text(result))
+    return min(result.count, EXIT_COUNT_CAP)
 
 
 def _listen_address(value: str, flag: str = "--listen-address") -> tuple[str, int]:
@@ -349,28 +397,51 @@ async def _serve_until_stopped(exporter: Exporter, host: str, port: int, *, dura
     return 0
 
 
+def _canary_config(args: argparse.Namespace) -> CanaryConfig:
+    from .canary import CanaryConfig, parse_resources
+
+    try:
+        resources = parse_resources(n.strip() for n in args.canary_resources.split(",") if n.strip())
+        return CanaryConfig(namespace=args.canary_namespace, resources=resources, interval=args.canary_interval)
+    except ValueError as err:
+        raise UsageError(f"--canary-resources: {err}") from err
+
+
 async def run_serve(args: argparse.Namespace) -> int:
     from .app import Exporter
+    from .canary import Canary
+    from .probe import prober
     from .webconfig import WebConfigError, WebSecurity
 
     host, port = _listen_address(args.listen_address)
+    if args.canary_namespace is not None:
+        if args.manifests:
+            raise UsageError("--canary-namespace needs a cluster: the canary asks the apiserver, --manifests has none")
+        _canary_config(args)  # a bad value is a usage error before anything starts
     health = (_listen_address(args.health_listen_address, "--health-listen-address")
               if args.health_listen_address else None)
     try:  # read and checked before anything starts: a bad file is one line and exit 2
         security = WebSecurity(Path(args.web_config_file)) if args.web_config_file else None
     except WebConfigError as err:
         raise UsageError(str(err)) from err
+    credentials = _client_config(args)
     if args.manifests:
         inventory = load_inventory(args.manifests)
-        exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval)
+        exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval,
+                            probe_fn=prober(credentials))
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
               invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
         return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = await _discovery(args)
-    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery)
+    canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
+    exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
+                        canary=canary, probe_fn=prober(credentials))
     await exporter.start()
     event(log, logging.INFO, "discovery_started", server=discovery.api.server)
+    if canary is not None:
+        event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
+              resources=",".join(r.plural for r in canary.config.resources))
     return await _serve_until_stopped(exporter, host, port, security=security, health=health)
 
 
@@ -412,6 +483,27 @@ def _usage_error(err: Exception) -> bool:
     return isinstance(err, (UsageError, ManifestError, KubeconfigError))
 
 
+LONG_RUNNING = ("serve", "demo")
+
+
+def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the commands that probe for hours, where it is installed: its TLS and socket transports are
+    C, where asyncio's are Python, and a probe costs ~15% less CPU (bench/equal_load.py). The one-shot commands
+    keep asyncio's loop and do not pay for the import. AWE_EVENT_LOOP=asyncio chooses asyncio's everywhere."""
+    choice = os.environ.get("AWE_EVENT_LOOP", "")
+    if choice not in ("", "asyncio", "uvloop"):
+        raise UsageError(f"AWE_EVENT_LOOP={choice!r}: expected asyncio or uvloop")
+    if choice == "asyncio" or (command not in LONG_RUNNING and choice != "uvloop"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError("AWE_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -422,9 +514,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "explain": run_explain}[args.command]
         import asyncio  # after the parser: `--help` and a usage error exit without it
 
-        return asyncio.run(runner(args))
+        with asyncio.Runner(loop_factory=_loop_factory(args.command)) as loop:
+            return loop.run(runner(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whatever is left to print has nowhere to go; point stdout at /dev/null so that the interpreter's own
+        # flush at exit does not fail (and complain) a second time.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as err:
         if _usage_error(err):
             print(f"admission-webhook-exporter: error: {err}", file=sys.stderr)

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .audit import Finding
+from .canary import OUTCOMES, CanaryStatus
 from .discovery import WATCHED, WatchStatus
 from .exposition import escape_value, header, label_set, number, render_text
 from .model import Webhook, WebhookKey
@@ -50,6 +51,7 @@ class Scrape:
     results: Mapping[TargetKey, ProbeResult]
     probes: ProbeCounts
     watches: WatchStatus | None = None
+    canary: CanaryStatus | None = None  # None unless the canary is enabled
 
 
 def _webhook_labels(key: WebhookKey) -> list[str]:
@@ -92,6 +94,8 @@ class ExporterCollector(Collector):
         yield from cached[2]
         if scrape.watches is not None:
             yield from watch_families(scrape.watches)
+        if scrape.canary is not None:
+            yield from canary_families(snapshot, scrape.canary)
 
     # -- the text rendering ----------------------------------------------------------------------------------
     def prepare(self, plans: tuple[WebhookPlan, ...], results: Mapping[TargetKey, ProbeResult]) -> None:
@@ -130,6 +134,8 @@ class ExporterCollector(Collector):
                  risk[openmetrics]]
         if scrape.watches is not None:
             parts.append(render_text(watch_families(scrape.watches), openmetrics=openmetrics).encode())
+        if scrape.canary is not None:  # one sample per webhook, its verdicts change as the canary goes round
+            parts.append(render_text(canary_families(snapshot, scrape.canary), openmetrics=openmetrics).encode())
         return b"".join(parts)
 
 
@@ -378,3 +384,48 @@ def watch_families(watches: WatchStatus) -> Iterator[Metric]:
     for (verb, plural), count in sorted(watches.requests.items()):
         requests.add_metric([verb, plural], count)
     yield from (up, restarts, last, requests)
+
+
+def canary_families(snapshot: Snapshot, canary: CanaryStatus) -> Iterator[Metric]:
+    """The canary's verdicts beside the probe's, for the snapshot's webhooks only (the canary re-plans after it)."""
+    keys = {w.key for w in snapshot.inventory.webhooks}
+    success = GaugeMetricFamily("admission_webhook_canary_success",
+                                "1 if the apiserver called the webhook for the last dry-run canary (admitted or "
+                                "denied), 0 if calling it failed; absent while the answer says neither.",
+                                labels=WEBHOOK_LABELS)
+    failure = GaugeMetricFamily("admission_webhook_canary_failure_info",
+                                "1 for the reason the apiserver could not call the webhook for the last canary.",
+                                labels=[*WEBHOOK_LABELS, "reason"])
+    inconclusive = GaugeMetricFamily("admission_webhook_canary_inconclusive_info",
+                                     "1 for why the last canary's answer says nothing about the webhook (RBAC, "
+                                     "validation, quota, another webhook first).", labels=[*WEBHOOK_LABELS, "reason"])
+    duration = GaugeMetricFamily("admission_webhook_canary_duration_seconds",
+                                 "Round trip of the last dry-run canary request through the apiserver.",
+                                 labels=WEBHOOK_LABELS)
+    finished = GaugeMetricFamily("admission_webhook_canary_timestamp_seconds", "When the last canary finished.",
+                                 labels=WEBHOOK_LABELS)
+    skipped = GaugeMetricFamily("admission_webhook_not_canaried_info",
+                                "1 for why the canary cannot reach the webhook through the apiserver.",
+                                labels=[*WEBHOOK_LABELS, "reason"])
+    for key, result in sorted(canary.results.items()):
+        if key not in keys:
+            continue
+        labels = _webhook_labels(key)
+        if result.success is not None:
+            success.add_metric(labels, 1 if result.success else 0)
+        if result.outcome == "failed":
+            failure.add_metric([*labels, result.reason], 1)
+        elif result.outcome == "inconclusive":
+            inconclusive.add_metric([*labels, result.reason], 1)
+        duration.add_metric(labels, result.duration_seconds)
+        finished.add_metric(labels, result.finished_at)
+    for s in canary.skipped:
+        if s.key in keys:
+            skipped.add_metric([*_webhook_labels(s.key), s.reason.value], 1)
+    yield from (success, failure, inconclusive, duration, finished, skipped)
+    requests = CounterMetricFamily("admission_webhook_exporter_canary_requests",
+                                   "Dry-run canary requests sent to the apiserver since start, by outcome.",
+                                   labels=["outcome"])
+    for outcome in OUTCOMES:
+        requests.add_metric([outcome], canary.requests.get(outcome, 0))
+    yield requests

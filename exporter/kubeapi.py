@@ -153,6 +153,26 @@ class KubeApi:
             if not cont:
                 return items, str(meta.get("resourceVersion", ""))
 
+    async def dry_run_create(self, resource: Resource, body: Mapping[str, Any], *, namespace: str | None = None,
+                             request_seconds: float = 60) -> tuple[int, Any]:
+        """POST `body` with `dryRun=All`: admitted and validated, webhooks called, nothing stored.
+
+        There is no other write here, and no switch to turn the dry run off: the exporter never writes. The
+        answer is returned, never raised (a refusal is what the caller came to read): the HTTP status and the
+        decoded body (the object, or the apiserver's `Status`; the raw text when it is not JSON).
+        """
+        self.requests[("create", resource.plural)] += 1
+        url = f"{self._creds.server}{resource.path(namespace)}?{urlencode({'dryRun': 'All'})}"
+        headers = {**await self._headers(), "Content-Type": "application/json"}
+        async with self._client().post(url, data=json.dumps(body), headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=request_seconds,
+                                                                     sock_connect=CONNECT_SECONDS)) as response:
+            text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text
+
     async def watch(self, resource: Resource, *, resource_version: str, namespace: str | None = None,
                     label_selector: str | None = None, server_timeout: int = 290, idle_timeout: float = 330,
                     on_open: Callable[[], None] | None = None) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:

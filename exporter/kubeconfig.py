@@ -325,6 +325,16 @@ def _load_chain(where: str, ctx: ssl.SSLContext, cert: bytes, key: bytes) -> Non
             raise KubeconfigError(f"{where}: unusable client certificate or key: {err.reason or err}") from err
 
 
+# ---- the format, for its other reader --------------------------------------------------------------------------
+# exporter.clientauth reads the kube-apiserver's webhook kubeConfigFile (its users, looked up by webhook host) in
+# this same format: the same reading, merging, decoding and loading, with the same one-line errors.
+read_document = _read
+merge_documents = _merge
+decode_data = _b64
+relative_to = _path
+load_chain = _load_chain
+
+
 # ---- exec plugins --------------------------------------------------------------------------------------------
 class ExecPlugin:
     """A kubeconfig `exec` credential plugin. token() runs it (in the caller's thread: KubeApi calls it off the

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # The audit's severities, most severe first (here, the shared vocabulary, so the CLI offers them as choices
-# without loading the audit).
-Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+# without loading the audit). `latent`: a risk that exists once a namespace its namespaceSelector matches exists
+# (none does now, or the manifests do not say): less than what can happen today, more than what is only worth knowing.
+Severity = Literal["critical", "warning", "latent", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "latent", "info")
 
 # The apiserver labels its apiserver_admission_webhook_* series with these `type` values.
 WebhookType = Literal["validating", "admit"]
@@ -86,6 +87,19 @@ class LabelSelector:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Who manages a webhook configuration, as its metadata says (shared by its webhooks): what `explain` reads
+    to give advice fitting the tool that injects its caBundle or rewrites it (cert-manager, Gatekeeper, ...)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()  # without kubectl's last-applied-configuration (a copy of it all)
+    owners: tuple[tuple[str, str], ...] = ()  # ownerReferences: (kind, name)
+
+
+NO_PROVENANCE = Provenance()
+
+
+@dataclass(frozen=True)
 class Webhook:
     key: WebhookKey
     failure_policy: str  # "Fail" | "Ignore"
@@ -101,6 +115,7 @@ class Webhook:
     object_selector: LabelSelector = field(default_factory=LabelSelector)
     match_conditions: tuple[MatchCondition, ...] = ()
     reinvocation_policy: str = ""
+    provenance: Provenance = NO_PROVENANCE
 
     @property
     def backend(self) -> Literal["service", "url"]:

@@ -22,6 +22,7 @@ from .model import (
     LabelSelectorRequirement,
     MatchCondition,
     Namespace,
+    Provenance,
     RawObject,
     Rule,
     Service,
@@ -130,7 +131,7 @@ def _parse_rules(raw: Any, where: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def parse_webhook(raw: Any, *, configuration: str, kind: str) -> Webhook:
+def parse_webhook(raw: Any, *, configuration: str, kind: str, provenance: Provenance | None = None) -> Webhook:
     """One webhook; a `ParseError` names the field relative to the webhook (the caller names the webhook)."""
     hook = _mapping(raw, "the webhook")
     name = _str(hook.get("name"), "name", required=True)
@@ -183,7 +184,27 @@ def parse_webhook(raw: Any, *, configuration: str, kind: str) -> Webhook:
         match_conditions=tuple(conditions),
         reinvocation_policy=_str(hook.get("reinvocationPolicy"), "reinvocationPolicy",
                                  default="Never" if KIND_TO_TYPE[kind] == "admit" else ""),
+        provenance=provenance or Provenance(),
     )
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+MAX_ANNOTATION_CHARS = 512  # a provenance hint is short; a whole object in an annotation is not one
+
+
+def parse_provenance(raw: RawObject) -> Provenance:
+    """Labels, annotations and owners of an object, for advice only: anything malformed is left out, not fatal."""
+    meta = raw.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+
+    def pairs(value: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, Mapping):
+            return ()
+        return tuple(sorted((str(k), str(v)[:MAX_ANNOTATION_CHARS]) for k, v in value.items() if k != LAST_APPLIED))
+
+    owners = tuple((str(o.get("kind", "")), str(o.get("name", ""))) for o in meta.get("ownerReferences") or ()
+                   if isinstance(o, Mapping))
+    return Provenance(labels=pairs(meta.get("labels")), annotations=pairs(meta.get("annotations")), owners=owners)
 
 
 def parse_webhook_configuration(raw: RawObject, *, source: str) -> tuple[list[Webhook], list[InvalidObject]]:
@@ -198,10 +219,11 @@ def parse_webhook_configuration(raw: RawObject, *, source: str) -> tuple[list[We
     webhooks: list[Webhook] = []
     skipped: list[SkippedWebhook] = []
     seen: set[str] = set()
+    provenance = parse_provenance(raw)
     for i, item in enumerate(_list(raw.get("webhooks"), "webhooks")):
         given = item.get("name") if isinstance(item, Mapping) else None
         try:
-            hook = parse_webhook(item, configuration=name, kind=kind)
+            hook = parse_webhook(item, configuration=name, kind=kind, provenance=provenance)
             if hook.key.name in seen:
                 raise ParseError("appears twice in the configuration")
             seen.add(hook.key.name)

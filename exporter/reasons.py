@@ -28,6 +28,9 @@ class Reason(StrEnum):
     X509_HOSTNAME_MISMATCH = "x509_hostname_mismatch"
     HTTP_ERROR = "http_error"
     INVALID_CONFIG = "invalid_config"
+    # Not an outage: the backend wants a TLS client certificate (the apiserver's, from its AdmissionConfiguration
+    # kubeConfigFile) and the probe had none for it. The served chain was verified; the alerts do not page on it.
+    CLIENT_AUTH_REQUIRED = "client_auth_required"
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,11 @@ class Wording:
     `pattern` is searched in an error text; the first row of `WORDINGS` that matches decides. `diagnosis` is
     `explain`'s key: finer than the reason where the advice differs (a dial timeout is a firewall, a context
     timeout a slow webhook; a tunnel's broken pipe is not the backend's fault). `go` is False for the probe's
-    own words about an HTTP exchange, which the apiserver words its own way.
+    own words about an HTTP exchange, which the apiserver words its own way. `reason` is None for the words of a
+    failure that is no probe's (the apiserver's own ServiceIP allocator, which a webhook can starve).
     """
 
-    reason: Reason
+    reason: Reason | None
     diagnosis: str
     says: str
     pattern: str
@@ -55,7 +59,7 @@ class Wording:
         return re.sub(r"\{[a-z_]+\}", "...", self.says)
 
 
-def _w(reason: Reason, diagnosis: str, says: str, pattern: str, *, go: bool = True) -> Wording:
+def _w(reason: Reason | None, diagnosis: str, says: str, pattern: str, *, go: bool = True) -> Wording:
     return Wording(reason, diagnosis, says, pattern, go)
 
 
@@ -78,9 +82,9 @@ NETWORK_UNREACHABLE = _w(Reason.UNREACHABLE, "unreachable", "dial tcp {address}:
 ADDRESS_UNAVAILABLE = _w(Reason.UNREACHABLE, "unreachable",
                          "dial tcp {address}: connect: cannot assign requested address",
                          r"connect: cannot assign requested address")
-# The peer closed the connection with a reset: during the handshake it is the backend (or what stands in front
-# of it) refusing TLS, as the probe reports it.
-RESET = _w(Reason.TLS_HANDSHAKE, "tls_handshake", "read: connection reset by peer", r"connection reset by peer")
+# The peer closed the connection with a reset: the backend (or what stands in front of it) hung up, which is not
+# a missing network path. The probe sees it during the handshake, hence its reason.
+RESET = _w(Reason.TLS_HANDSHAKE, "connection_reset", "read: connection reset by peer", r"connection reset by peer")
 DIAL_TIMEOUT = _w(Reason.TIMEOUT, "dial_timeout", "dial tcp {address}: i/o timeout", r"dial tcp [^ ]+: i/o timeout")
 DEADLINE = _w(Reason.TIMEOUT, "timeout", "context deadline exceeded", r"context deadline exceeded")
 CLIENT_TIMEOUT = _w(Reason.TIMEOUT, "timeout",
@@ -112,8 +116,18 @@ NO_NAMES = _w(Reason.X509_HOSTNAME_MISMATCH, "x509_hostname_mismatch",
               r"x509: certificate is not valid for any names")
 LEGACY_COMMON_NAME = _w(Reason.X509_HOSTNAME_MISMATCH, "x509_hostname_mismatch",
                         "x509: certificate relies on legacy Common Name field, use SANs instead", r"legacy Common Name")
+# Go's net/http, when the first record of the answer starts with `HTTP/`: the port speaks plain HTTP.
+PLAIN_HTTP = _w(Reason.TLS_HANDSHAKE, "plain_http", "http: server gave HTTP response to HTTPS client",
+                r"server gave HTTP response to HTTPS client")
 FIRST_RECORD = _w(Reason.TLS_HANDSHAKE, "tls_handshake", "tls: first record does not look like a TLS handshake",
                   r"first record does not look like a TLS handshake")
+# A TLS 1.3 server that requires a client certificate and got none sends this alert (Go's and OpenSSL's servers).
+CERTIFICATE_REQUIRED = _w(Reason.CLIENT_AUTH_REQUIRED, "client_auth_required",
+                          "remote error: tls: certificate required", r"remote error: tls: certificate required")
+# The probe's words when the server asked for a certificate, got none, and hung up without that alert.
+CLIENT_CERT_ASKED = _w(Reason.CLIENT_AUTH_REQUIRED, "client_auth_required",
+                       "the backend asked for a TLS client certificate and closed the connection when none was sent "
+                       "({error})", r"asked for a TLS client certificate", go=False)
 REMOTE_ERROR = _w(Reason.TLS_HANDSHAKE, "tls_handshake", "remote error: tls: {alert}", r"remote error: tls:")
 TLS_ERROR = _w(Reason.TLS_HANDSHAKE, "tls_handshake", "tls: {error}", r"tls:")
 HANDSHAKE_EOF = _w(Reason.TLS_HANDSHAKE, "tls_handshake", "EOF", r"EOF")  # the peer hung up mid-handshake
@@ -122,8 +136,19 @@ NOT_FOUND = _w(Reason.HTTP_ERROR, "http_error", "the server could not find the r
                r"the server could not find the requested resource")
 SERVER_ERROR = _w(Reason.HTTP_ERROR, "http_error", 'an error on the server ("{body}") has prevented the request from '
                   "succeeding", r"an error on the server")
-WRONG_UID = _w(Reason.HTTP_ERROR, "http_error", "expected response.uid={expected}, got {got}",
+# The apiserver's checks of the AdmissionReview it got back (VerifyAdmissionResponse), each its own words.
+WRONG_UID = _w(Reason.HTTP_ERROR, "review_mismatch", "expected response.uid={expected}, got {got}",
                r"expected response\.uid")
+WRONG_REVIEW = _w(Reason.HTTP_ERROR, "review_mismatch",
+                  "expected webhook response of admission.k8s.io/v1, Kind=AdmissionReview, got {got}",
+                  r"expected webhook response of")
+# An answer in another admission.k8s.io version than the request's: client-go cannot convert it (real v1.34 words).
+REVIEW_CONVERSION = _w(Reason.HTTP_ERROR, "review_mismatch",
+                       "converting (v1beta1.AdmissionReview) to (v1.AdmissionReview): unknown conversion",
+                       r"converting \([\w.]*AdmissionReview\) to")
+RESPONSE_ABSENT = _w(Reason.HTTP_ERROR, "http_error", "webhook response was absent", r"webhook response was absent")
+BAD_PATCH = _w(Reason.HTTP_ERROR, "http_error", "webhook returned response.patch but not response.patchType",
+               r"webhook returned (invalid )?response\.patch|validating webhook may not return response\.patch")
 INVALID_RESPONSE = _w(Reason.HTTP_ERROR, "http_error", "received invalid webhook response: {error}",
                       r"received invalid webhook response")
 STATUS_CODE = _w(Reason.HTTP_ERROR, "http_error",
@@ -143,16 +168,28 @@ BODY_TOO_LARGE = _w(Reason.HTTP_ERROR, "http_error", "response body larger than 
 HEADERS_TOO_LARGE = _w(Reason.HTTP_ERROR, "http_error", "response headers larger than {limit} bytes",
                        r"response headers larger than", go=False)
 MALFORMED = _w(Reason.HTTP_ERROR, "http_error", "malformed HTTP response: {line}", r"malformed HTTP response", go=False)
+# The configuration itself, as the apiserver refuses to call it.
+NO_KNOWN_VERSION = _w(Reason.INVALID_CONFIG, "invalid_config",
+                      "webhook does not accept known AdmissionReview versions (v1, v1beta1)",
+                      r"does not accept known AdmissionReview versions")
+SIDE_EFFECTS_NIL = _w(Reason.INVALID_CONFIG, "invalid_config", "Webhook SideEffects is nil",
+                      r"Webhook SideEffects is nil")
+# Not a webhook call: the ServiceIP allocator (Kubernetes 1.33+ allocates through IPAddress objects) found no
+# address it could create, which is what every Service gets while a Fail webhook on ipaddresses is down.
+RANGE_FULL = _w(None, "ip_exhausted", "failed to allocate a serviceIP: range is full", r"range is full")
 
-# First match wins, so the order matters: a tunnel before the dial it wraps, a dial timeout before any timeout,
-# each x509 wording before the `tls:` prefix Go puts in front of it, and any other failed lookup last.
+# First match wins, so the order matters: the probe's client-certificate words before the reset or EOF they
+# quote, a tunnel before the dial it wraps, a dial timeout before any timeout, each x509 wording (and Go's words
+# for plain HTTP) before the `tls:` prefix Go puts in front of it, and any other failed lookup last.
 WORDINGS: tuple[Wording, ...] = (
-    NO_ENDPOINTS, SERVICE_NOT_FOUND, PROXY_ERROR, BROKEN_PIPE, CONNECTION_LOST, TUNNEL, REFUSED, NO_ROUTE,
-    NETWORK_UNREACHABLE, ADDRESS_UNAVAILABLE, RESET, DIAL_TIMEOUT, DEADLINE, CLIENT_TIMEOUT, IO_TIMEOUT,
-    AWAITING_HEADERS, NO_SUCH_HOST, MISBEHAVING, UNKNOWN_AUTHORITY, NOT_YET_VALID, EXPIRED, NOT_VALID_FOR, NO_IP_SANS,
-    NO_NAMES, LEGACY_COMMON_NAME, FIRST_RECORD, REMOTE_ERROR, TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR,
-    WRONG_UID, INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON, NOT_A_REVIEW,
-    CLOSED_EARLY, BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, LOOKUP,
+    NO_ENDPOINTS, SERVICE_NOT_FOUND, CERTIFICATE_REQUIRED, CLIENT_CERT_ASKED, PROXY_ERROR, BROKEN_PIPE,
+    CONNECTION_LOST, TUNNEL, REFUSED, NO_ROUTE, NETWORK_UNREACHABLE, ADDRESS_UNAVAILABLE, RESET, DIAL_TIMEOUT,
+    DEADLINE, CLIENT_TIMEOUT, IO_TIMEOUT, AWAITING_HEADERS, NO_SUCH_HOST, MISBEHAVING, UNKNOWN_AUTHORITY,
+    NOT_YET_VALID, EXPIRED, NOT_VALID_FOR, NO_IP_SANS, NO_NAMES, LEGACY_COMMON_NAME, PLAIN_HTTP, FIRST_RECORD,
+    REMOTE_ERROR, TLS_ERROR, HANDSHAKE_EOF, NOT_FOUND, SERVER_ERROR, WRONG_UID, WRONG_REVIEW, REVIEW_CONVERSION,
+    RESPONSE_ABSENT, BAD_PATCH, INVALID_RESPONSE, STATUS_CODE, INTERNAL_SERVER_ERROR, UNEXPECTED, STATUS, NOT_JSON,
+    NOT_A_REVIEW, CLOSED_EARLY, BODY_TOO_LARGE, HEADERS_TOO_LARGE, MALFORMED, NO_KNOWN_VERSION, SIDE_EFFECTS_NIL,
+    RANGE_FULL, LOOKUP,
 )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from .model import InvalidObject, Inventory
+from .reasons import Reason
 
 if TYPE_CHECKING:  # annotations only: `audit` reports without loading the prober (ssl, asyncio)
     from .probe import ProbeResult
@@ -35,7 +36,9 @@ class WebhookStatus:
     backend: str
     timeout_seconds: int
     endpoints_ready: int | None
-    verdict: str  # "ok" | "degraded" (some endpoints fail) | "down" (none answers) | "unknown"
+    # "ok" | "degraded" (some endpoints fail) | "down" (none answers) | "unknown" | "unverified" (every endpoint
+    # wants a client certificate the exporter was not given: client_auth_required, not an outage)
+    verdict: str
     reason: str
     served_cert_days_left: float | None  # earliest of the leaf certificates the endpoints served
     ca_bundle_days_left: float | None  # earliest CA certificate in the webhook's caBundle
@@ -73,9 +76,12 @@ def summarize(plans: Sequence[WebhookPlan], results: Mapping[TargetKey, ProbeRes
         elif not endpoints:
             verdict, reason = "unknown", ""
         else:
-            failed = [e for e in endpoints if not e.success]
-            verdict = "ok" if not failed else ("down" if len(failed) == len(endpoints) else "degraded")
-            reason = failed[0].reason if failed else ""
+            unverified = [e for e in endpoints if e.reason == Reason.CLIENT_AUTH_REQUIRED.value]
+            failed = [e for e in endpoints if not e.success and e not in unverified]
+            judged = len(endpoints) - len(unverified)
+            verdict = ("down" if len(failed) == judged else "degraded") if failed else (
+                "unverified" if not judged else "ok")
+            reason = failed[0].reason if failed else (unverified[0].reason if unverified else "")
         latencies = [e.duration_seconds for e in endpoints if e.duration_seconds is not None]
         statuses.append(WebhookStatus(
             configuration=hook.key.configuration, name=hook.key.name, type=hook.key.type,

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from . import reasons
 from .certs import CertificateError, decode_ca_bundle, earliest_not_after, load_pem_certificates
 from .model import EndpointPort, Inventory, Service, ServicePort, Webhook, WebhookKey
 from .reasons import Reason
@@ -48,6 +49,9 @@ class Target:
     ca_pem: bytes | None  # None: the webhook has no caBundle, so the apiserver uses the system roots
     timeout_seconds: float
     review: ReviewSpec | None  # None: stop after the handshake (sideEffects not None/NoneOnDryRun)
+    # The host[:port] the apiserver calls: its Host header, and the name its kubeConfigFile is looked up by
+    # (`<service>.<namespace>.svc:<service port>`, or the URL's host[:port] as written).
+    authority: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ def _plan_url(webhook: Webhook, ca_pem: bytes | None) -> tuple[tuple[Target, ...
         ca_pem=ca_pem,
         timeout_seconds=float(webhook.timeout_seconds),
         review=review_spec(webhook),
+        authority=parts.netloc.rpartition("@")[2],
     )
     return (target,), None
 
@@ -146,14 +151,15 @@ def _plan_service(
     assert ref is not None
     service = inventory.services.get((ref.namespace, ref.name))
     if service is None:
-        return (), StaticVerdict(Reason.SERVICE_NOT_FOUND, f'service "{ref.name}" not found'), None
+        return (), StaticVerdict(Reason.SERVICE_NOT_FOUND, reasons.SERVICE_NOT_FOUND.format(service=ref.name)), None
     path = ref.path or "/"
     review = review_spec(webhook)
 
     def target(host: str, port: int) -> Target:
         return Target(key=TargetKey(webhook.key, format_endpoint(host, port)), host=host, port=port,
                       server_name=ref.server_name, path=path, ca_pem=ca_pem,
-                      timeout_seconds=float(webhook.timeout_seconds), review=review)
+                      timeout_seconds=float(webhook.timeout_seconds), review=review,
+                      authority=f"{ref.server_name}:{ref.port}")
 
     if service.type == "ExternalName":
         if not service.external_name:
@@ -175,7 +181,7 @@ def _plan_service(
                 for address in ep.addresses[:1]:  # the API: consumers use the first address
                     endpoints[(address, port)] = None
     if not endpoints:
-        return (), StaticVerdict(Reason.NO_ENDPOINTS, f'no endpoints available for service "{ref.name}"'), 0
+        return (), StaticVerdict(Reason.NO_ENDPOINTS, reasons.NO_ENDPOINTS.format(service=ref.name)), 0
     return tuple(target(h, p) for h, p in endpoints), None, len(endpoints)
 
 

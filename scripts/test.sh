@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite: a virtualenv with the project and its pinned test tools, the real
-# test infrastructure (kube-apiserver + etcd built from source, promtool), lint, types, then pytest.
+# test infrastructure (every Kubernetes binary and helm built from source, the node's host packages, the
+# images, promtool), lint, types, then pytest.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +13,9 @@ step "python environment ($VENV)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
 export PATH="$PWD/$VENV/bin:$PATH"
 
-for installer in tests/controlplane/install.sh tests/helm/install.sh alerts/install-promtool.sh tests/image/build.sh \
-                 tests/actionlint/install.sh; do
+for installer in tests/controlplane/install.sh tests/helm/install.sh tests/node/install-packages.sh \
+                 alerts/install-promtool.sh tests/image/build.sh tests/actionlint/install.sh \
+                 tests/monitoring/install.sh; do
   if [ -x "$installer" ]; then step "$installer"; "$installer"; fi
 done
 

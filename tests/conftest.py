@@ -12,6 +12,7 @@ from exporter.kubeapi import Credentials
 from exporter.pki import CertificateAuthority, ServingCertificate
 from tests.controlplane.fixtures import *  # noqa: F403  (control_plane, kube_api, netns_host, ...)
 from tests.kube import Kube, LiveExporter
+from tests.node.fixtures import *  # noqa: F403  (node_cluster, node_image)
 from tests.servers import Handler, RawServer
 
 

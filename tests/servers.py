@@ -4,15 +4,19 @@ misbehaving handlers the probe tests plug into it, and a way to run any of them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
+import ssl
 import threading
 from typing import Generic, TypeVar
 
-from exporter.backend import Handler, LoopbackServer, read_request
+from exporter.backend import HEALTHY, Handler, LoopbackServer, read_request, review_answer
 
 # The name the tests have always used for a loopback server with a handler of their own.
 RawServer = LoopbackServer
-__all__ = ["Handler", "RawServer", "Threaded", "fixed_response", "free_port", "never_speak", "plain_http",
-           "read_request_then_hang"]
+__all__ = ["BlockingTLSServer", "Handler", "RawServer", "Threaded", "fixed_response", "free_port", "never_speak",
+           "plain_http", "read_request_then_hang"]
 
 S = TypeVar("S", bound=LoopbackServer)
 
@@ -75,3 +79,63 @@ class Threaded(Generic[S]):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+class BlockingTLSServer:
+    """A TLS server built on Python's blocking `ssl` sockets (OpenSSL's server side), each connection on a thread.
+
+    Unlike asyncio's TLS server, which hangs up without a word, it sends the TLS alert a real server sends when
+    it requires a client certificate and gets none (TLS 1.3: `certificate required`, alert 116; TLS 1.2:
+    `handshake failure`). An authenticated request gets an allowed AdmissionReview; `clients` records, per
+    request, the client certificate's subject CN and the Authorization header.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.clients: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self._accept, name="awe-blocking-tls", daemon=True)
+
+    def start(self) -> BlockingTLSServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which then fails
+        self._listener.close()
+        self._thread.join(10)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            with self._context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                headers = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+                while len(body) < int(headers.get("Content-Length", "0")):
+                    body += tls.recv(65536)
+                peer = tls.getpeercert() or {}
+                cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "")
+                self.clients.append((str(cn), headers.get("Authorization", "")))
+                answer = json.dumps(review_answer(json.loads(body), HEALTHY)).encode()
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                            + str(len(answer)).encode() + b"\r\nConnection: close\r\n\r\n" + answer)
+        except (OSError, ValueError):
+            pass  # the handshake refused the client (the alert is sent), or the client went away
+        finally:
+            conn.close()

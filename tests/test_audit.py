@@ -21,6 +21,7 @@ from exporter.audit import (
     BOOTSTRAP,
     CYCLE,
     FAIL_OPEN,
+    FIREWALL_PORT,
     KUBE_SYSTEM,
     LONG_TIMEOUT,
     MATCH_CONDITION,
@@ -42,6 +43,7 @@ from exporter.cli import load_inventory, main
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.model import Inventory, LabelSelector, LabelSelectorRequirement, MatchCondition, Rule, Webhook
 from exporter.parse import parse_label_selector
+from exporter.pki import CertificateAuthority
 from exporter.probe import ProbeResult
 from exporter.reasons import Reason
 from exporter.targets import Target
@@ -59,28 +61,50 @@ CERT_MANAGER_M = ("cert-manager-webhook", "webhook.cert-manager.io", "admit")
 # fixture -> the exact findings: (configuration, name, type, id, severity)
 EXPECTED: dict[str, set[tuple[str, str, str, str, str]]] = {
     "policy-engine-all-resources.yaml": {
-        (*hook, rule, "critical") for hook in (KYVERNO_V, KYVERNO_M) for rule in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP)},
-    "policy-engine-kube-system-excluded.yaml": {(*hook, BOOTSTRAP, "critical") for hook in (KYVERNO_V, KYVERNO_M)},
+        (*hook, rule, "critical") for hook in (KYVERNO_V, KYVERNO_M) for rule in (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP)}
+    | {(*hook, FIREWALL_PORT, "warning") for hook in (KYVERNO_V, KYVERNO_M)},  # Kyverno serves on 9443
+    "policy-engine-kube-system-excluded.yaml": {(*hook, rule, severity) for hook in (KYVERNO_V, KYVERNO_M)
+                                                for rule, severity in ((BOOTSTRAP, "critical"),
+                                                                       (FIREWALL_PORT, "warning"))},
     "servicecidr-no-exclusion.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating", BOOTSTRAP,
-                                       "critical")},
-    "servicecidr-excluded.yaml": set(),
-    "istio-sidecar-injector.yaml": set(),
+                                       "critical"),
+                                      ("netpol-guard", "validate.netpol-guard.example.com", "validating",
+                                       FIREWALL_PORT, "warning")},
+    "servicecidr-excluded.yaml": {("netpol-guard", "validate.netpol-guard.example.com", "validating",
+                                   FIREWALL_PORT, "warning")},
+    # Offline, without Namespace objects: kube-system's labels are unknown, and the opt-in selector would take it
+    # in once kube-system carries the label: latent (in a live cluster its labels are known).
+    "istio-sidecar-injector.yaml": {("istio-sidecar-injector", f"{hook}.sidecar-injector.istio.io", "admit",
+                                     FIREWALL_PORT, "warning") for hook in ("namespace", "object")}  # istiod: 15017
+    | {("istio-sidecar-injector", "namespace.sidecar-injector.istio.io", "admit", KUBE_SYSTEM, "latent")},
+    # kube-system: cert-manager's own kinds there (any namespaced kind is a warning; the listed ones critical)
     "cert-manager.yaml": {(*hook, rule, "warning") for hook in (CERT_MANAGER_V, CERT_MANAGER_M)
-                          for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)},
-    "gatekeeper-ignore.yaml": {
+                          for rule in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET, KUBE_SYSTEM)},
+    "gatekeeper-ignore.yaml": {  # Gatekeeper serves on 8443
         ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FAIL_OPEN, "info"),
         ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating", BOOTSTRAP,
-         "critical")},
+         "critical"),
+        ("gatekeeper-validating-webhook-configuration", "validation.gatekeeper.sh", "validating", FIREWALL_PORT,
+         "info"),
+        ("gatekeeper-mutating-webhook-configuration", "mutation.gatekeeper.sh", "admit", FIREWALL_PORT, "info"),
+        ("gatekeeper-validating-webhook-configuration", "check-ignore-label.gatekeeper.sh", "validating",
+         FIREWALL_PORT, "warning")},
     "match-condition-invalid.yaml": {
         ("team-policy", "labels.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
-        ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical")},
-    "cycle.yaml": {("mesh-sidecar", "inject.mesh.example.com", "admit", CYCLE, "critical"),
-                   ("log-agent", "inject.log-agent.example.com", "admit", CYCLE, "critical")},
+        ("team-policy", "deletes.team-policy.example.com", "validating", MATCH_CONDITION, "critical"),
+        ("team-policy", "labels.team-policy.example.com", "validating", FIREWALL_PORT, "warning"),
+        ("team-policy", "deletes.team-policy.example.com", "validating", FIREWALL_PORT, "warning")},
+    "cycle.yaml": {(conf, name, "admit", rule, severity)
+                   for conf, name in (("mesh-sidecar", "inject.mesh.example.com"),
+                                      ("log-agent", "inject.log-agent.example.com"))
+                   for rule, severity in ((CYCLE, "critical"), (FIREWALL_PORT, "warning"), (KUBE_SYSTEM, "latent"))},
     "misc-backends.yaml": {
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", VIRTUAL_RESOURCE, "warning"),
         ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", SIDE_EFFECTS, "warning"),
+        ("authn-audit", "tokenreviews.authn-audit.example.com", "validating", FIREWALL_PORT, "info"),
         ("legacy-quota", "quota.legacy.example.com", "validating", SERVICE_MISSING, "warning"),
-        ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical")},
+        ("team-quota", "quota.team.example.com", "validating", PORT_MISSING, "critical"),
+        ("team-quota", "quota.team.example.com", "validating", KUBE_SYSTEM, "latent")},
 }
 
 
@@ -116,13 +140,58 @@ def test_why_names_the_risk_precisely() -> None:
         "on CREATE certificaterequests in default the apiserver may wait 30 (mutating) + 30 (validating, the "
         "longest) = 60 s")
     assert cert[("admit", TIMEOUT_BUDGET)].fix.startswith("timeoutSeconds: 17")  # 17 + 17 fits 34
-    bad = {x.webhook.name: x.why for x in audit(load_inventory([str(FIXTURES / "match-condition-invalid.yaml")]))}
+    bad = {x.webhook.name: x.why for x in audit(load_inventory([str(FIXTURES / "match-condition-invalid.yaml")]))
+           if x.id == MATCH_CONDITION}
     assert bad["labels.team-policy.example.com"] == (
         "matchCondition 'not-kube-system' does not compile: ERROR: <input>:1:38: Syntax error: mismatched input "
         "'<EOF>': the apiserver rejects the request")
     assert bad["deletes.team-policy.example.com"] == (
         "matchCondition 'only-temporary' fails on DELETE configmaps in default: no such overload (object is null "
         "on DELETE): the apiserver rejects the request")
+
+
+def _port_findings(*objects: dict[str, Any]) -> dict[str, Finding]:
+    inventory = build_inventory([SourcedObject("test", o) for o in objects])
+    return {x.webhook.name: x for x in audit(inventory) if x.id == FIREWALL_PORT}
+
+
+@pytest.mark.parametrize(("target_port", "slice_port", "policy", "expected"), [
+    (8443, None, "Fail", ("warning", "8443")),  # numeric targetPort, no EndpointSlice seen
+    ("webhook", 9443, "Fail", ("warning", "9443")),  # a named targetPort, resolved through the EndpointSlice
+    (15017, 15017, "Ignore", ("info", "15017")),
+    (443, 443, "Fail", None),
+    (10250, 10250, "Fail", None),  # cert-manager's choice, for exactly this reason
+    (None, None, "Fail", None),  # targetPort defaults to the port: 443
+    ("webhook", None, "Fail", None),  # a named port nobody resolved: unknown, not guessed
+])
+def test_a_backend_port_managed_control_planes_block_is_named(target_port: int | str | None, slice_port: int | None,
+                                                              policy: str, expected: tuple[str, str] | None) -> None:
+    ca = CertificateAuthority.create("ports")
+    port: dict[str, Any] = {"name": "https", "port": 443}
+    if target_port is not None:
+        port["targetPort"] = target_port
+    objects = [f.configuration("c", f.webhook("w.example.com", f.service_client("team", "hook", ca.ca_bundle),
+                                              policy=policy)),
+               f.service("team", "hook", [port])]
+    if slice_port is not None:
+        objects.append(f.endpoint_slice("team", "hook", [{"name": "https", "port": slice_port, "protocol": "TCP"}],
+                                        [("10.1.0.5", True)]))
+    found = _port_findings(*objects)
+    if expected is None:
+        assert found == {}
+        return
+    finding = found["w.example.com"]
+    severity, shown = expected
+    assert finding.severity == severity
+    assert finding.why.startswith(f"Service team/hook sends the apiserver's calls to container port {shown}: ")
+    assert "GKE private clusters admit 443 and 10250" in finding.why and "EKS" in finding.why
+    assert f"--allow tcp:{shown}" in finding.fix and f"--port {shown} --source-group" in finding.fix
+    assert yaml.safe_load(finding.fix) == {"spec": {"ports": [{"name": "https", "port": 443, "targetPort": 10250}]}}
+
+
+def test_url_webhooks_have_no_port_finding() -> None:
+    ca = CertificateAuthority.create("ports")
+    assert _port_findings(f.configuration("c", f.webhook("u.example.com", f.url_client(8443, ca.ca_bundle)))) == {}
 
 
 def apply_fix(hook: Webhook, finding: Finding) -> Webhook:
@@ -299,13 +368,13 @@ def test_cli_report_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> 
     cert_manager = str(FIXTURES / "cert-manager.yaml")
     assert main(["audit", "--manifests", cert_manager]) == 0  # warnings only; default --fail-on critical
     text = capsys.readouterr().out
-    assert text.startswith("6 findings in 2 webhooks: 0 critical, 6 warning, 0 info\n\nWARNING (6)\n")
+    assert text.startswith("8 findings in 2 webhooks: 0 critical, 8 warning, 0 latent, 0 info\n\nWARNING (8)\n")
     assert "  [fail_policy_long_timeout] cert-manager-webhook/webhook.cert-manager.io (admit)\n" in text
     assert main(["audit", "--manifests", cert_manager, "--fail-on", "warning", "--output", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["summary"] == {"critical": 0, "warning": 6, "info": 0}
+    assert report["summary"] == {"critical": 0, "warning": 8, "latent": 0, "info": 0}
     assert {(r["type"], r["id"]) for r in report["findings"]} == {
-        (t, i) for t in ("validating", "admit") for i in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET)}
+        (t, i) for t in ("validating", "admit") for i in (LONG_TIMEOUT, SINGLE_ENDPOINT, TIMEOUT_BUDGET, KUBE_SYSTEM)}
     assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml")]) == 1
     capsys.readouterr()
     assert main(["audit", "--manifests", str(FIXTURES / "cycle.yaml"), "--fail-on", "never"]) == 0

@@ -8,6 +8,8 @@ import base64
 import datetime as dt
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from exporter import certs
 from exporter.pki import CertificateAuthority
@@ -89,6 +91,41 @@ def test_validity_at_its_edges(case: str, ca: CertificateAuthority) -> None:
     cert = ca.issue(["hook.ns.svc"], valid_from=NOT_BEFORE, valid_until=NOT_AFTER).cert
     assert certs.validity_failure(cert, now.timestamp()) is expected
     assert certs.not_after(cert) == NOT_AFTER.timestamp()
+
+
+def test_leaf_facts_read_once_say_what_the_certificate_says(ca: CertificateAuthority,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cert = ca.issue(["hook.ns.svc"], valid_from=NOT_BEFORE, valid_until=NOT_AFTER).cert
+    der = cert.public_bytes(serialization.Encoding.DER)
+    parsed = []
+    monkeypatch.setattr(certs, "_leaf_cache", {})
+    monkeypatch.setattr(certs, "load_der_certificate", lambda d: parsed.append(d) or x509.load_der_x509_certificate(d))
+    facts = certs.leaf_facts(der, "hook.ns.svc")
+    assert (facts.not_before, facts.not_after, facts.hostname_failure) == (
+        NOT_BEFORE.timestamp(), NOT_AFTER.timestamp(), None)
+    for case, (now, expected) in VALIDITY.items():
+        assert facts.validity_failure(now.timestamp()) is expected, case
+    assert certs.leaf_facts(bytes(der), "hook.ns.svc") is facts, "the same certificate again: not parsed again"
+    other = certs.leaf_facts(der, "other.ns.svc")
+    assert other.hostname_failure == certs.hostname_failure(cert, "other.ns.svc") is not None
+    assert len(parsed) == 2, "once per certificate and server name"
+
+
+def test_leaf_facts_are_bounded(ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(certs, "_leaf_cache", {})
+    monkeypatch.setattr(certs, "LEAF_CACHE_SIZE", 2)
+    der = ca.issue(["hook.ns.svc"]).cert.public_bytes(serialization.Encoding.DER)
+    for name in ("a.ns.svc", "b.ns.svc", "c.ns.svc"):
+        certs.leaf_facts(der, name)
+    assert [name for _, name in certs._leaf_cache] == ["b.ns.svc", "c.ns.svc"], "the oldest left first"
+
+
+def test_a_leaf_that_does_not_parse_is_an_error_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(certs, "_leaf_cache", {})
+    for _ in range(2):
+        with pytest.raises(certs.CertificateError, match=r"^served certificate does not parse: "):
+            certs.leaf_facts(b"\x30\x03\x02\x01\x01", "hook.ns.svc")
+    assert certs._leaf_cache == {}
 
 
 def test_utc_text_is_gos_rfc3339() -> None:

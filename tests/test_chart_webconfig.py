@@ -250,9 +250,14 @@ def test_secured_objects_pass_server_side_dry_run_and_notes_say_how_to_scrape(
     assert yaml.safe_load(web_config(docs))["basic_auth_users"]["p"].startswith("$2y$")
 
     sets = [a for s in SECURED for a in ("--set", s)]
-    notes = Helm(helm, control_plane, tmp_path / "helm").ok("install", f"awe-{uid()}", CHART, "-n", NAMESPACE,
+    release = f"awe-{uid()}"
+    notes = Helm(helm, control_plane, tmp_path / "helm").ok("install", release, CHART, "-n", NAMESPACE,
                                                             "--dry-run=server", *sets)
-    assert "curl -s --cacert <the exporter's CA> --cert <client cert> --key <client key> https://localhost:10047" \
-           "/metrics -H \"Authorization: Bearer $(kubectl -n monitoring get secret awe-scrape-token -o jsonpath=" \
+    # Through the port-forward on localhost, verifying the certificate for the name it was issued for (the
+    # ServiceMonitor's serverName), which curl's --resolve sends to the port-forward.
+    server_name = f"{release}-{FULLNAME}.{NAMESPACE}.svc"
+    assert "curl -s --cacert <the exporter's CA> --cert <client cert> --key <client key> " \
+           f"--resolve {server_name}:10047:127.0.0.1 https://{server_name}:10047/metrics " \
+           "-H \"Authorization: Bearer $(kubectl -n monitoring get secret awe-scrape-token -o jsonpath=" \
            "'{.data.token}' | base64 -d)\"" in notes, notes
     assert "the kubelet probes port 10048" in notes

@@ -181,3 +181,10 @@ async def test_demo_runs_on_a_fresh_machine() -> None:
         "slow.demo.example.com": ("down", "timeout"),
     }
     assert "Metrics:       http://127.0.0.1:" in out
+
+
+def test_the_canary_interval_default_is_the_canarys() -> None:
+    """The parser states the canary's default itself, so `--help` does not load the canary (and aiohttp)."""
+    from exporter import canary, cli
+
+    assert cli.CANARY_DEFAULT_INTERVAL == canary.DEFAULT_INTERVAL

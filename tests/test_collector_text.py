@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from exporter.audit import Finding
+from exporter.canary import OUTCOMES, CanaryResult, CanaryStatus, NotCanaried, Skipped
 from exporter.collector import ExporterCollector, Scrape
 from exporter.discovery import WatchStatus
 from exporter.exposition import EOF, render
@@ -53,11 +54,12 @@ class Reads:
         self.state = ExporterState()
         self.results: dict[TargetKey, ProbeResult] = {}
         self.watches: WatchStatus | None = None
+        self.canary: CanaryStatus | None = None
         self.probes = ProbeCounts(by_result={"success": 3, "failure": 1}, failures={"timeout": 1})
 
     def __call__(self) -> Scrape:
         return Scrape(snapshot=self.state.snapshot, results=dict(self.results), probes=self.probes,
-                      watches=self.watches)
+                      watches=self.watches, canary=self.canary)
 
 
 def same(collector: ExporterCollector) -> str:
@@ -132,6 +134,21 @@ def test_text_kept_ready_is_the_rendering_of_the_families() -> None:
     reads.watches = WatchStatus(up={"services": True, "endpointslices": False}, restarts={"services": 2},
                                 last_event={"services": 1_700_000_000.25}, requests={("list", "services"): 3})
     assert 'admission_webhook_exporter_watch_up{resource="endpointslices"} 0.0' in both()
+
+    # The canary's verdicts (opt-in): rendered at each scrape, for the snapshot's webhooks only.
+    url_hook, svc_hook = snapshot.plans[0].key, snapshot.plans[1].key
+    reads.canary = CanaryStatus(
+        namespace="canary",
+        results={url_hook: CanaryResult(outcome="failed", reason=Reason.TIMEOUT.value, detail="", status=500,
+                                        resource="configmaps", duration_seconds=0.25, finished_at=1_700_000_500.0),
+                 WebhookKey("gone", "x", "validating"): CanaryResult(
+                     outcome="admitted", reason="", detail="", status=201, resource="configmaps",
+                     duration_seconds=0.1, finished_at=1_700_000_500.0)},
+        skipped=(Skipped(svc_hook, NotCanaried.SIDE_EFFECTS, "sideEffects Unknown"),),
+        requests={o: i for i, o in enumerate(OUTCOMES)})
+    text = both()
+    assert f'admission_webhook_canary_failure_info{{configuration="{url_hook.configuration}"' in text
+    assert 'reason="side_effects"' in text and 'configuration="gone"' not in text
 
 
 def test_text_of_new_plans_reuses_what_still_holds_and_stays_exact() -> None:

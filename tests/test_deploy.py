@@ -530,3 +530,20 @@ async def test_exporter_runs_as_the_chart_service_account_with_only_its_clusterr
         rbac = client.RbacAuthorizationV1Api(kube_api)
         await asyncio.to_thread(rbac.delete_cluster_role_binding, binding["metadata"]["name"])
         await asyncio.to_thread(rbac.delete_cluster_role, role["metadata"]["name"])
+
+
+def test_webhook_client_config_mounts_the_apiservers_kubeconfigfile(helm: Path) -> None:
+    """Opt-in: the Secret holding the apiserver's AdmissionConfiguration kubeConfigFile becomes
+    --webhook-client-config; unset, nothing is mounted."""
+    default = only(template(helm), "Deployment")["spec"]["template"]["spec"]
+    assert not [a for a in default["containers"][0]["args"] if a.startswith("--webhook-client-config")]
+    assert [v["name"] for v in default["volumes"]] == ["tmp"]
+    pod = only(template(helm, "exporter.webhookClientConfig.secretName=apiserver-webhook-clients"),
+               "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--webhook-client-config=/etc/admission-webhook-exporter/webhook-client-config/kubeconfig" in \
+        container["args"]
+    assert {"name": "webhook-client-config", "mountPath": "/etc/admission-webhook-exporter/webhook-client-config",
+            "readOnly": True} in container["volumeMounts"]
+    secret = {"secretName": "apiserver-webhook-clients", "defaultMode": 0o440}
+    assert {"name": "webhook-client-config", "secret": secret} in pod["volumes"]

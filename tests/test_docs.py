@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from exporter.app import Exporter
+from exporter.canary import Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import Credentials, KubeApi
 from exporter.reasons import Reason
@@ -28,7 +29,8 @@ def collected_metrics(empty_web_config: Path) -> set[str]:
     discovery.health.last_event["services"] = 1.0
     discovery.api.requests[("watch", "services")] = 1
     names = set()
-    exporter = Exporter(discovery=discovery)
+    canary = Canary(discovery.api, CanaryConfig(namespace="canary"))  # opt-in: its families only when enabled
+    exporter = Exporter(discovery=discovery, canary=canary)
     exporter.registry.register(WebSecurity(empty_web_config))  # what `serve --web.config.file` adds
     for family in exporter.registry.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
+import uuid
 
 import pytest
 
 from exporter.backend import Behaviour
 from exporter.pki import CertificateAuthority
-from exporter.probe import MAX_BODY_BYTES, admission_review, probe
+from exporter.probe import MAX_BODY_BYTES, admission_review, probe, review_body
 from exporter.reasons import Reason, recognise
 from exporter.targets import ReviewSpec
 from tests import factories as f
@@ -92,11 +94,24 @@ async def test_slower_than_timeout(servers: Servers, ca: CertificateAuthority, l
     assert 1.0 <= result.duration_seconds < 2.0
 
 
-async def test_plain_http_on_tls_port_is_tls_handshake(servers: Servers, ca: CertificateAuthority) -> None:
+async def test_plain_http_on_tls_port_is_said_as_go_says_it(servers: Servers, ca: CertificateAuthority) -> None:
+    """Go's net/http words a first record starting with `HTTP/` its own way; the probe used to say first-record."""
     server = await servers.raw(plain_http)
     result = await probe_config(url_hook(server.port, ca.ca_bundle))
     assert result.reason is Reason.TLS_HANDSHAKE
-    assert result.detail == "tls: first record does not look like a TLS handshake"
+    assert result.detail == "http: server gave HTTP response to HTTPS client"
+
+
+async def test_another_protocol_on_tls_port_is_first_record(servers: Servers, ca: CertificateAuthority) -> None:
+    async def ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        await writer.drain()
+        await reader.read(1024)
+
+    server = await servers.raw(ssh)
+    result = await probe_config(url_hook(server.port, ca.ca_bundle))
+    assert (result.reason, result.detail) == (Reason.TLS_HANDSHAKE, "tls: first record does not look like a TLS "
+                                                                    "handshake")
 
 
 async def test_reset_during_handshake_is_tls_handshake(servers: Servers, ca: CertificateAuthority) -> None:
@@ -240,6 +255,19 @@ def test_admission_review_is_dry_run_for_the_first_rule() -> None:
     assert request["object"]["metadata"]["namespace"] == "default"
 
 
+@pytest.mark.parametrize("spec", [
+    ReviewSpec(version="v1", group="apps", api_version="v1", resource="deployments", sub_resource="",
+               operation="UPDATE", namespaced=True),
+    ReviewSpec(version="v1beta1", group="", api_version="v1", resource="pods", sub_resource="exec",
+               operation="CONNECT", namespaced=True),
+    ReviewSpec(version="v1", group="", api_version="v1", resource="namespaces", sub_resource="",
+               operation="DELETE", namespaced=False),
+], ids=["update", "subresource", "delete-cluster-scoped"])
+def test_the_review_body_is_serialised_once_and_only_the_uid_changes(spec: ReviewSpec) -> None:
+    for uid in (str(uuid.uuid4()), str(uuid.uuid4())):
+        assert review_body(spec, uid) == json.dumps(admission_review(spec, uid), separators=(",", ":")).encode()
+
+
 def test_tls_errors_read_as_go_prints_them() -> None:
     import ssl
 
@@ -254,3 +282,48 @@ def test_tls_errors_read_as_go_prints_them() -> None:
     assert tls_wording(err("TLSV1_ALERT_PROTOCOL_VERSION")) == "remote error: tls: protocol version"
     assert tls_wording(err("SSLV3_ALERT_HANDSHAKE_FAILURE")) == "remote error: tls: handshake failure"
     assert tls_wording(err("EXCESSIVE_MESSAGE_SIZE")) == "tls: EXCESSIVE_MESSAGE_SIZE"
+
+
+# -- IPv6: addresses in the words Go uses for them ------------------------------------------------------------
+async def test_ipv6_dial_errors_bracket_the_address(ca: CertificateAuthority) -> None:
+    """Go's net.JoinHostPort: `dial tcp [::1]:port`; the probe used to print `dial tcp ::1:port`."""
+    import socket
+
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    result = await probe_config(url_hook(port, ca.ca_bundle, host="[::1]"))
+    assert (result.reason, result.detail) == (Reason.CONNECTION_REFUSED,
+                                              f"dial tcp [::1]:{port}: connect: connection refused")
+
+
+async def test_ipv6_host_header_is_bracketed(ca: CertificateAuthority) -> None:
+    """The Host header of a url webhook on an IPv6 address: `[::1]:port`, as in the URL (it used to be `::1:port`)."""
+    from exporter.backend import LoopbackServer, read_request, respond
+
+    serving = ca.issue(["::1"])
+    hosts: list[str] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        assert request is not None
+        hosts.append(request.headers["host"])
+        await respond(writer, 500, b"recorded")
+
+    server = await LoopbackServer(record, serving=serving, host="::1").start()
+    try:
+        result = await probe_config(url_hook(server.port, ca.ca_bundle, host="[::1]"))
+    finally:
+        await server.stop()
+    assert result.reason is Reason.HTTP_ERROR  # it answered 500: the request with its headers got there
+    assert hosts == [f"[::1]:{server.port}"]
+
+
+def test_host_header_is_what_the_apiserver_sends() -> None:
+    from exporter.probe import host_header
+
+    svc = f.webhook("s.example.com", f.service_client("team", "hook", "", port=8443))
+    plan = only_plan(f.configuration("c", svc), f.service("team", "hook", [{"port": 8443, "targetPort": 9443}]),
+                     f.endpoint_slice("team", "hook", [{"port": 9443}], [("fd00::7", True)]))
+    (target,) = plan.targets
+    assert (target.key.endpoint, host_header(target)) == ("[fd00::7]:9443", "hook.team.svc:8443")

@@ -33,8 +33,8 @@ def test_every_diagnosis_is_explained() -> None:
     assert {w.diagnosis for w in WORDINGS} <= DIAGNOSES.keys()
 
 
-def test_every_reason_but_invalid_config_has_apiserver_words() -> None:
-    assert {r for r in Reason if examples(r)} == set(Reason) - {Reason.INVALID_CONFIG}
+def test_every_reason_has_apiserver_words() -> None:
+    assert {r for r in Reason if examples(r)} == set(Reason)
     assert examples(Reason.NO_ENDPOINTS) == ('no endpoints available for service "..."',)
 
 
@@ -51,8 +51,16 @@ def test_docs_wordings_are_recognised_as_the_reason_they_are_listed_under() -> N
 
 
 @pytest.mark.parametrize(("cause", "diagnosis", "reason"), [
-    # The probe reports a reset during the handshake as tls_handshake; explain used to call it "no network path".
-    ("read tcp 10.0.0.3:52814->10.244.1.7:8443: read: connection reset by peer", "tls_handshake", "tls_handshake"),
+    # A reset has its own diagnosis: a path exists and the peer hung up (explain said "no network path", then
+    # "the TLS handshake failed"); the probe's reason for it stays tls_handshake.
+    ("read tcp 10.0.0.3:52814->10.244.1.7:8443: read: connection reset by peer", "connection_reset",
+     "tls_handshake"),
+    # Go's net/http for a plain-HTTP port, and the apiserver's check of the AdmissionReview it got back (neither
+    # was known: "Not recognised" / reason "").
+    ("http: server gave HTTP response to HTTPS client", "plain_http", "tls_handshake"),
+    ("received invalid webhook response: expected webhook response of admission.k8s.io/v1, Kind=AdmissionReview, "
+     "got admission.k8s.io/v1beta1, Kind=AdmissionReview", "review_mismatch", "http_error"),
+    ("remote error: tls: certificate required", "client_auth_required", "client_auth_required"),
     # Go's errno words are lower-case, and any failed lookup is DNS, whatever the resolver said.
     ("dial tcp 10.244.1.7:8443: connect: cannot assign requested address", "unreachable", "unreachable"),
     ("dial tcp: lookup hooks.example.com: Temporary failure in name resolution", "dns", "dns"),

@@ -22,6 +22,7 @@ from .rules import (
     BOOTSTRAP,
     CYCLE,
     FAIL_OPEN,
+    FIREWALL_PORT,
     KUBE_SYSTEM,
     LONG_TIMEOUT,
     LONG_TIMEOUT_SECONDS,
@@ -41,9 +42,9 @@ from .rules import (
 )
 
 __all__ = [
-    "BOOTSTRAP", "CYCLE", "FAIL_OPEN", "KUBE_SYSTEM", "LONG_TIMEOUT", "LONG_TIMEOUT_SECONDS", "MATCH_CONDITION",
-    "OWN_BACKEND", "PORT_MISSING", "REQUEST_BUDGET_SECONDS", "RULE_IDS", "SERVICE_MISSING", "SEVERITIES",
-    "SIDE_EFFECTS", "SINGLE_ENDPOINT", "TIMEOUT_BUDGET", "VIRTUAL_RESOURCE", "Finding", "Request", "Severity",
-    "at_or_above", "audit", "cycles", "intercepts", "resource_of", "rule_matches",
+    "BOOTSTRAP", "CYCLE", "FAIL_OPEN", "FIREWALL_PORT", "KUBE_SYSTEM", "LONG_TIMEOUT", "LONG_TIMEOUT_SECONDS",
+    "MATCH_CONDITION", "OWN_BACKEND", "PORT_MISSING", "REQUEST_BUDGET_SECONDS", "RULE_IDS", "SERVICE_MISSING",
+    "SEVERITIES", "SIDE_EFFECTS", "SINGLE_ENDPOINT", "TIMEOUT_BUDGET", "VIRTUAL_RESOURCE", "Finding", "Request",
+    "Severity", "at_or_above", "audit", "cycles", "intercepts", "resource_of", "rule_matches",
     "selector_matches", "to_json", "to_text",
 ]

@@ -9,16 +9,28 @@ gate each other's backends (cycles) and chains of webhooks one write may wait on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..model import Inventory, Webhook, WebhookKey
-from ..resources import ENDPOINT_SLICES, ENDPOINTS, IP_ADDRESSES, LEASES, NAMESPACES, NODES, PODS, SERVICE_CIDRS
+from ..model import Inventory, LabelSelector, Namespace, Webhook, WebhookKey
+from ..resources import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IP_ADDRESSES,
+    LEASES,
+    NAMESPACES,
+    NODES,
+    PODS,
+    SERVICE_CIDRS,
+    Resource,
+)
 from ..targets import WebhookPlan, plan
 from .matching import (
     APISERVER,
     CATALOGUE,
     CONTROLLER_MANAGER,
+    EXEMPT_GROUP,
     KUBE_SYSTEM_KINDS,
+    NAME_LABEL,
     NODE,
     REPLICASET_CONTROLLER,
     VIRTUAL,
@@ -56,10 +68,14 @@ MATCH_CONDITION = "match_condition_invalid"
 FAIL_OPEN = "fail_open_security_webhook"
 SERVICE_MISSING = "backend_service_not_found"
 PORT_MISSING = "backend_service_port_not_found"
+FIREWALL_PORT = "control_plane_firewall_port"
 
 RULE_IDS: tuple[str, ...] = (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE, TIMEOUT_BUDGET, SINGLE_ENDPOINT,
                              LONG_TIMEOUT, SIDE_EFFECTS, VIRTUAL_RESOURCE, MATCH_CONDITION, FAIL_OPEN,
-                             SERVICE_MISSING, PORT_MISSING)
+                             SERVICE_MISSING, PORT_MISSING, FIREWALL_PORT)
+# The ports a managed control plane reaches the nodes on by default: GKE private clusters' firewall rule admits
+# 443 and 10250 (the kubelet's) from the control plane; EKS node security groups are often built the same way.
+CONTROL_PLANE_PORTS = (443, 10250)
 
 
 # -- The audit's context ---------------------------------------------------------------------------------
@@ -99,19 +115,49 @@ def _service_namespace(hook: Webhook) -> str | None:
 
 
 # -- Per-webhook rules -------------------------------------------------------------------------------------
+def _namespaced_kinds(hook: Webhook) -> list[Resource]:
+    """Every namespaced kind a request in a namespace can be for: the catalogue's, those the rules name, and for
+    a rule on every resource of named groups (`cert-manager.io`, `*`), any kind of those groups."""
+    kinds = {r: None for r in CATALOGUE if r.namespaced and r not in KUBE_SYSTEM_KINDS}
+    for rule in hook.rules:
+        groups = [g for g in rule.api_groups if g != "*" and g != EXEMPT_GROUP]
+        versions = [v for v in rule.api_versions if v != "*"] or ["v1"]
+        for name in rule.resources:
+            if name.partition("/")[0] == "*" and rule.scope != "Cluster":
+                for group in groups:  # a kind the catalogue cannot know: its plural only has to match `*`
+                    kinds[Resource(group, versions[0], f"{group}/*", "Any", namespaced=True)] = None
+                continue
+            custom = resource_of(rule, name)
+            if custom is not None and custom.namespaced and custom not in VIRTUAL and custom not in KUBE_SYSTEM_KINDS:
+                kinds[custom] = None
+    return list(kinds)
+
+
 def rule_kube_system(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
-    """Fail and kube-system objects intercepted: a down backend stops kube-system from healing itself."""
+    """Fail and kube-system objects intercepted: a down backend stops kube-system from healing itself.
+
+    Critical for what kube-system's own components write there; a warning for any other namespaced kind, which
+    distributions also run there (CoreDNS, the CNI and ingress installed by Jobs, add-on CRs).
+    """
     if hook.failure_policy != "Fail":
         return
     requests = [Request(r, op, "kube-system", user=REPLICASET_CONTROLLER if r == PODS else CONTROLLER_MANAGER)
                 for r in KUBE_SYSTEM_KINDS for op in ("CREATE", "UPDATE")]
     hits, note = _blocked(hook, requests, ctx)
+    severity: Severity = "critical"
+    effect = "kube-system cannot create or update its own objects (CoreDNS, kube-proxy, leader election)"
+    if not hits:
+        others = [Request(r, op, "kube-system", user=CONTROLLER_MANAGER) for r in _namespaced_kinds(hook)
+                  for op in ("CREATE", "UPDATE")]
+        hits, note = _blocked(hook, others, ctx)
+        severity = "warning"
+        effect = ("nothing of those kinds can be created or updated in kube-system (distributions install CoreDNS, "
+                  "the CNI and ingress there through Jobs and add-on objects)")
     if hits:
         exclude = ["kube-system", *filter(None, [_service_namespace(hook)])]
-        yield Finding(KUBE_SYSTEM, "critical", hook.key,
+        yield Finding(KUBE_SYSTEM, severity, hook.key,
                       f"failurePolicy Fail and it intercepts {_kinds(hits)} in kube-system: while its backend is "
-                      f"down, kube-system cannot create or update its own objects (CoreDNS, kube-proxy, leader "
-                      f"election){note}", namespace_selector_fix(hook, exclude))
+                      f"down, {effect}{note}", namespace_selector_fix(hook, exclude))
 
 
 def rule_own_backend(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
@@ -344,9 +390,56 @@ def rule_service(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
                                                           "port": ports[0] if len(ports) == 1 else "<port>"}}}))
 
 
+def _container_ports(hook: Webhook, ctx: AuditContext) -> list[int]:
+    """The ports the apiserver's calls land on in the backend's pods: the endpoints' (EndpointSlices resolve a
+    named targetPort), else a numeric targetPort, else the Service port itself. Empty when unknown."""
+    ref = hook.service
+    p = ctx.plans.get(hook.key)
+    if ref is None:
+        return []
+    if p is not None and p.targets:
+        return sorted({t.port for t in p.targets})
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    if service is None or service.type == "ExternalName":
+        return []
+    port = next((sp for sp in service.ports if sp.port == ref.port and sp.protocol == "TCP"), None)
+    if port is None or isinstance(port.target_port, str):
+        return []
+    return [port.target_port or port.port]
+
+
+def rule_firewall_port(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
+    """A service webhook served on a port managed control planes do not reach by default: the probes and
+    port-forward work, the apiserver's calls time out."""
+    ports = [p for p in _container_ports(hook, ctx) if p not in CONTROL_PLANE_PORTS]
+    if not ports or hook.service is None:
+        return
+    ref = hook.service
+    shown = ", ".join(map(str, ports))
+    severity: Severity = "warning" if hook.failure_policy == "Fail" else "info"
+    service = ctx.inventory.services.get((ref.namespace, ref.name))
+    name = next((sp.name for sp in service.ports if sp.port == ref.port), "") if service is not None else ""
+    fix = (f"# Either let the control plane reach port {ports[0]} on the nodes:\n"
+           f"#   GKE private cluster: gcloud compute firewall-rules create allow-control-plane-{ports[0]} "
+           f"--network NETWORK --direction INGRESS --source-ranges MASTER_IPV4_CIDR --target-tags NODE_TAG "
+           f"--allow tcp:{ports[0]}\n"
+           f"#   EKS: aws ec2 authorize-security-group-ingress --group-id NODE_SECURITY_GROUP --protocol tcp "
+           f"--port {ports[0]} --source-group CLUSTER_SECURITY_GROUP\n"
+           f"# or make the pods serve on 10250 (the webhook server's port flag and containerPort) and point "
+           f"Service {ref.namespace}/{ref.name} at it:\n"
+           + yaml_snippet({"spec": {"ports": [{**({"name": name} if name else {}), "port": ref.port,
+                                               "targetPort": 10250}]}}))
+    yield Finding(FIREWALL_PORT, severity, hook.key,
+                  f"Service {ref.namespace}/{ref.name} sends the apiserver's calls to container port {shown}: a "
+                  "managed control plane reaches the nodes only on the ports its firewall admits (GKE private "
+                  "clusters admit 443 and 10250 by default, EKS node security groups often the same), so there the "
+                  "calls time out while port-forward, in-cluster clients and the exporter's probes work; the canary "
+                  "(--canary-namespace) confirms it", fix)
+
+
 PER_WEBHOOK: tuple[Callable[[Webhook, AuditContext], Iterator[Finding]], ...] = (
     rule_kube_system, rule_own_backend, rule_bootstrap, rule_single_endpoint, rule_long_timeout, rule_side_effects,
-    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service)
+    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service, rule_firewall_port)
 
 
 # -- Rules across webhooks ---------------------------------------------------------------------------------
@@ -518,6 +611,96 @@ CROSS_WEBHOOK: tuple[Callable[[Sequence[Webhook], AuditContext], Iterator[Findin
     rule_cycles, rule_timeout_budget)
 
 
+# -- Latent risks: namespaces that do not exist (yet), or whose labels the manifests do not give ---------------
+def satisfying_labels(selector: LabelSelector, name: str, base: Mapping[str, str] | None = None
+                      ) -> dict[str, str] | None:
+    """Labels a namespace called `name` (with `base` labels) could carry for `selector` to match it; None when
+    none can (a NotIn on its name, a value it already has)."""
+    labels = {NAME_LABEL: name, **(base or {})}
+    for key, value in selector.match_labels:
+        if labels.setdefault(key, value) != value:
+            return None
+    for req in selector.match_expressions:
+        present = req.key in labels
+        if req.operator == "In" and not present and req.values:
+            labels[req.key] = req.values[0]
+        elif req.operator == "Exists" and not present:
+            labels[req.key] = "true"
+    return labels if selector_matches(selector, labels) else None
+
+
+def _describe(labels: Mapping[str, str]) -> str:
+    shown = [f"{k}={v}" for k, v in sorted(labels.items()) if k != NAME_LABEL]
+    return "labeled " + ", ".join(shown) if shown else "of that name"
+
+
+def new_namespaces(hooks: Sequence[Webhook], ctx: AuditContext) -> dict[str, dict[str, str]]:
+    """One namespace, not in the cluster, per namespaceSelector that no namespace matches now, and one that
+    matches as many of them at once as can be (their webhooks then add up on the same request)."""
+    current = [namespace_labels(ctx.inventory, ns) for ns in ctx.namespaces]
+    unmatched: dict[LabelSelector, None] = {}
+    for hook in hooks:
+        sel = hook.namespace_selector
+        if not sel.is_empty and not any(selector_matches(sel, labels) for labels in current):
+            unmatched[sel] = None
+    found: dict[str, dict[str, str]] = {}
+    union: dict[str, str] = {}
+    for sel in unmatched:
+        named = [r.values[0] for r in sel.match_expressions if r.key == NAME_LABEL and r.operator == "In" and r.values]
+        name = dict(sel.match_labels).get(NAME_LABEL) or (named[0] if named else "")
+        labels = satisfying_labels(sel, name or "new-namespace")
+        if labels is None:
+            continue
+        label = name or f"(a new namespace {_describe(labels)})"
+        found[label] = {**labels, NAME_LABEL: label} if not name else labels
+        if not name and (merged := satisfying_labels(sel, "new-namespace", union)) is not None:
+            union = merged
+    if len(unmatched) > 1 and union and (label := f"(a new namespace {_describe(union)})") not in found:
+        found[label] = {**union, NAME_LABEL: label}
+    return found
+
+
+def _latent(f: Finding, condition: str) -> Finding:
+    return replace(f, severity="latent", why=f"latent, {f.severity} once {condition}: {f.why}")
+
+
+def latent_findings(hooks: Sequence[Webhook], ctx: AuditContext) -> Iterator[Finding]:
+    """What the rules find once namespaces their selectors match exist, beside those that do.
+
+    A namespaceSelector that matches no namespace now hides the timeout budget (and any rule asking about a
+    namespace): add such namespaces and run the cross-webhook rules again. With no Namespace objects (offline
+    manifests) kube-system's and the backends' labels are unknown: give each webhook the labels its selector
+    wants there, and run its per-webhook rules again. Real findings win: `audit()` keeps one per rule.
+    """
+    extra = new_namespaces(hooks, ctx)
+    if extra:
+        added = {n: Namespace(n, tuple(sorted(v.items()))) for n, v in extra.items()}
+        namespaces = {**ctx.inventory.namespaces, **added}
+        grown = replace(ctx, inventory=replace(ctx.inventory, namespaces=namespaces),
+                        namespaces=(*ctx.namespaces, *extra))
+        for cross in CROSS_WEBHOOK:
+            for f in cross(hooks, grown):
+                where = next((n for n in extra if n in f.why), "")
+                if where:
+                    yield _latent(f, f"a namespace {_describe(extra[where])} exists (none does now)")
+    for hook in hooks:
+        if hook.namespace_selector.is_empty:
+            continue
+        for ns in ("kube-system", *filter(None, [_service_namespace(hook)])):
+            if ns in ctx.inventory.namespaces:
+                continue  # its labels are known
+            labels = satisfying_labels(hook.namespace_selector, ns)
+            if labels is None or labels == {NAME_LABEL: ns}:
+                continue  # it cannot match there, or it already does
+            grown = replace(ctx, inventory=replace(ctx.inventory, namespaces={
+                **ctx.inventory.namespaces, ns: Namespace(ns, tuple(sorted(labels.items())))}))
+            for rule in (rule_kube_system, rule_own_backend):
+                for f in rule(hook, grown):
+                    if ns in f.why:
+                        yield _latent(f, f"namespace {ns} is {_describe(labels)} (no Namespace object says "
+                                         "what it carries)")
+
+
 # -- Entry points --------------------------------------------------------------------------------------------
 def _namespaces(inventory: Inventory) -> tuple[str, ...]:
     names = {"default", "kube-system", *inventory.namespaces}
@@ -532,6 +715,7 @@ def audit(inventory: Inventory, plans: Sequence[WebhookPlan] | None = None, *,
 
     `backends_known` says whether a Service absent from the inventory is absent from the cluster: true for a
     live cluster (its Namespaces are listed) and for manifests that include Services; by default inferred so.
+    Latent findings (`latent_findings`) come last and only where the rule found nothing real.
     """
     if backends_known is None:
         backends_known = bool(inventory.namespaces or inventory.services or inventory.endpoint_slices)
@@ -546,6 +730,8 @@ def audit(inventory: Inventory, plans: Sequence[WebhookPlan] | None = None, *,
     for cross in CROSS_WEBHOOK:
         for f in cross(inventory.webhooks, ctx):
             findings.setdefault((f.webhook, f.id), f)
+    for f in latent_findings(inventory.webhooks, ctx):
+        findings.setdefault((f.webhook, f.id), f)
     return tuple(sorted(findings.values(), key=lambda f: (SEVERITIES.index(f.severity), f.webhook, f.id)))
 
 

@@ -15,6 +15,14 @@ harness can remap services at run time without restarting anything::
 
     {"10.0.0.50:443": "127.0.0.1:28443", "hook.ns.svc:443": "10.213.7.2:8443"}
 
+A destination may also be refused, to model a firewall between the control plane and one backend: ``"!drop"``
+(the firewall drops the packets: the CONNECT is held unanswered until the apiserver gives up or
+``DROP_HOLD_S`` passes) or ``"!reject"`` (it answers with a reset: ``502``, as a refused dial). Tunnels already
+open to a destination that becomes refused are cut within ``REFUSAL_POLL_S`` (the apiserver keeps its
+connections to a webhook alive, so without the cut a new rule would take effect only when it reconnects)::
+
+    {"127.0.0.1:28443": "!drop"}
+
 Answers: ``200`` tunnel established; ``503`` target unmapped and not itself allowed; ``403`` the
 mapping points outside the allowed destinations; ``502`` allowed destination did not accept the
 connection; ``400``/``405`` malformed request. kube-apiserver surfaces these as
@@ -41,6 +49,9 @@ from typing import IO
 HEADER_LIMIT = 16384
 HEADER_TIMEOUT_S = 10.0
 DIAL_TIMEOUT_S = 5.0
+DROP_HOLD_S = 60.0  # a dropped CONNECT is held at most this long (the apiserver gives up after timeoutSeconds)
+REFUSALS = ("!drop", "!reject")
+REFUSAL_POLL_S = 0.2
 
 
 def split_host_port(hostport: str) -> tuple[str, int]:
@@ -96,6 +107,8 @@ class Policy:
             host, port = split_host_port(target)
             ip = self.dialable_ip(host)
             return (200, (ip, port), None) if ip else (503, None, None)
+        if dest in REFUSALS:
+            return (0 if dest == "!drop" else 502), None, dest
         try:
             dhost, dport = split_host_port(dest)
         except ValueError:
@@ -133,6 +146,8 @@ class Proxy:
         self.log_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_conns)
         self.idle_timeout = idle_timeout
+        self.tunnels: dict[int, tuple[str, socket.socket, socket.socket]] = {}  # open tunnels by id, with target
+        self.tunnels_lock = threading.Lock()
 
     def record(self, **rec: object) -> None:
         rec = {"t": round(time.time(), 3), **rec}
@@ -181,6 +196,21 @@ class Proxy:
             self.reply(c, "400 Bad Request")
             c.close()
             return
+        if status == 0:  # dropped: say nothing until the client hangs up (or the bound passes)
+            self.record(target=target, dest=dest, result="dropped")
+            c.settimeout(DROP_HOLD_S)
+            try:
+                while c.recv(4096):
+                    pass
+            except OSError:
+                pass
+            c.close()
+            return
+        if status == 502 and dest == "!reject":
+            self.record(target=target, dest=dest, result="502 rejected")
+            self.reply(c, "502 Bad Gateway")
+            c.close()
+            return
         if status == 503 or addr is None:
             why = "503 unmapped" if status == 503 else "403 destination not allowed"
             self.record(target=target, dest=dest, result=why)
@@ -203,12 +233,33 @@ class Proxy:
             u.close()
             c.close()
             return
-        back = threading.Thread(target=pump, args=(u, c, self.idle_timeout), daemon=True)
-        back.start()
-        pump(c, u, self.idle_timeout)
-        back.join(self.idle_timeout)
-        u.close()
-        c.close()
+        with self.tunnels_lock:
+            self.tunnels[id(c)] = (target, c, u)
+        try:
+            back = threading.Thread(target=pump, args=(u, c, self.idle_timeout), daemon=True)
+            back.start()
+            pump(c, u, self.idle_timeout)
+            back.join(self.idle_timeout)
+        finally:
+            with self.tunnels_lock:
+                self.tunnels.pop(id(c), None)
+            u.close()
+            c.close()
+
+    def cut_refused(self) -> None:
+        """Every REFUSAL_POLL_S: shut the open tunnels whose target the map now refuses."""
+        while True:
+            time.sleep(REFUSAL_POLL_S)
+            refused = {t for t, d in self.policy.load_map().items() if d in REFUSALS}
+            with self.tunnels_lock:
+                cut = [(t, c, u) for t, c, u in self.tunnels.values() if t in refused]
+            for target, c, u in cut:
+                self.record(target=target, result="cut: refused")
+                for sock in (c, u):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def serve(self) -> None:
         if os.path.exists(self.sock_path):
@@ -217,6 +268,7 @@ class Proxy:
         srv.bind(self.sock_path)
         os.chmod(self.sock_path, 0o600)
         srv.listen(128)
+        threading.Thread(target=self.cut_refused, daemon=True).start()
         print(
             f"egress proxy on unix:{self.sock_path} map={self.policy.map_path} "
             f"allow=loopback,{','.join(map(str, self.policy.allowed))}",

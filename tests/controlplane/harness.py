@@ -43,6 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +244,12 @@ class ControlPlane:
             instead of ``connect: connection refused``).
         watch_cache: ``False`` adds ``--watch-cache=false`` so watches hit etcd directly (a watch
             from a compacted resourceVersion then fails with 410 Gone at once).
+        service_account_admission: keep the ServiceAccount admission plugin on (off by default: without
+            a kube-controller-manager no namespace gets its ``default`` ServiceAccount, and every Pod
+            create would fail). The node layer (tests/node) runs one and needs Pods to get their tokens.
+        audit_log: write the apiserver's audit log (every request at level Metadata: user, verb, requestURI
+            with its query, objectRef, response code) to ``audit_log_path``; ``audit_events()`` reads it. What
+            a client really sent, recorded by the apiserver, not by the client.
         extra_apiserver_flags: appended last (later flags win).
         ready_timeout_s: bound for etcd and apiserver readiness.
     """
@@ -257,6 +264,8 @@ class ControlPlane:
         aggregator_routing: bool = False,
         proxy_url_webhooks: bool = False,
         watch_cache: bool = True,
+        service_account_admission: bool = False,
+        audit_log: bool = False,
         extra_apiserver_flags: Sequence[str] = (),
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
@@ -267,6 +276,8 @@ class ControlPlane:
         self.aggregator_routing = aggregator_routing
         self.proxy_url_webhooks = proxy_url_webhooks
         self.watch_cache = watch_cache
+        self.service_account_admission = service_account_admission
+        self.audit_log = audit_log
         self.extra_apiserver_flags = list(extra_apiserver_flags)
         self.ready_timeout_s = ready_timeout_s
         self.admin_token: str = secrets.token_hex(24)
@@ -338,6 +349,10 @@ class ControlPlane:
     @property
     def egress_log_path(self) -> Path:
         return self._dir() / "egress-proxy.jsonl"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self._dir() / "audit.jsonl"
 
     @property
     def apiserver_log_path(self) -> Path:
@@ -430,6 +445,11 @@ class ControlPlane:
                 f"        udsName: {s}",
             ]
         (d / "egress-selector.yaml").write_text("\n".join(lines) + "\n")
+        # Metadata: who, what, where (requestURI keeps the query, e.g. ?dryRun=All) and the answer's code; no
+        # bodies. Only ResponseComplete (one line per request); long-running watches also log ResponseStarted.
+        (d / "audit-policy.yaml").write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+            "rules:\n  - level: Metadata\n")
 
     def _start_etcd(self) -> None:
         d = self._dir()
@@ -504,17 +524,21 @@ class ControlPlane:
             f"--api-audiences={issuer}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--authorization-mode={self.authorization_mode}",
-            "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--egress-selector-config-file={d / 'egress-selector.yaml'}",
             "--profiling=false",
             "--v=1",
         ]
+        if not self.service_account_admission:
+            argv.append("--disable-admission-plugins=ServiceAccount")
         if self.aggregator_routing:
             argv.append("--enable-aggregator-routing=true")
         if not self.watch_cache:
             argv.append("--watch-cache=false")
+        if self.audit_log:
+            argv += [f"--audit-policy-file={d / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log_path}",
+                     "--audit-log-format=json", "--audit-log-mode=blocking", "--audit-log-maxbackup=0"]
         return argv + self.extra_apiserver_flags
 
     def start_apiserver(self) -> float:
@@ -647,6 +671,18 @@ class ControlPlane:
         r = self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode(), "count_only": True})
         return int(r["header"]["revision"])
 
+    def etcd_put_object(self, key: str, obj: dict[str, Any]) -> None:
+        """Store ``obj`` as JSON under ``key`` (``/registry/<resource>/[<namespace>/]<name>``) straight into etcd,
+        past the apiserver's validation: for objects that today's API refuses but older API versions admitted and
+        clusters still hold (a webhook with ``sideEffects: Some``, stored through admissionregistration/v1beta1).
+        The apiserver reads JSON from etcd as it reads its own protobuf; its watch cache picks the object up.
+        """
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._etcd_post("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                       "value": base64.b64encode(json.dumps(obj).encode()).decode()})
+
     def compact_etcd(self, revision: int | None = None) -> int:
         """Compact etcd history up to ``revision`` (default: current) the way kube-apiserver's own
         compactor does, and return the revision.
@@ -692,6 +728,36 @@ class ControlPlane:
         tmp = self.egress_map_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(m, indent=1, sort_keys=True))
         os.replace(tmp, self.egress_map_path)  # atomic: the proxy never reads a half-written map
+
+    def refuse(self, target: str, how: str = "drop") -> None:
+        """Model a firewall between the control plane and one destination: the proxy drops (``how="drop"``: the
+        CONNECT is never answered, the apiserver times out) or rejects (``"reject"``: 502, a refused dial) every
+        CONNECT to ``target`` (``host:port`` as the apiserver dials it: a url webhook's host and port, a Service's
+        ``clusterIP:port`` or ``name.ns.svc:port``). Takes effect on the next CONNECT, and the proxy cuts the
+        tunnels already open to ``target`` (the apiserver keeps its connections to a webhook alive) within a
+        fraction of a second."""
+        if how not in ("drop", "reject"):
+            raise ValueError(f"how is drop or reject, not {how!r}")
+        m: dict[str, str] = json.loads(self.egress_map_path.read_text() or "{}")
+        m[target] = f"!{how}"
+        self._write_map(m)
+
+    def unrefuse(self, target: str) -> None:
+        """Lift ``refuse(target)``."""
+        m: dict[str, str] = json.loads(self.egress_map_path.read_text() or "{}")
+        if m.get(target, "").startswith("!"):
+            del m[target]
+        self._write_map(m)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every event of the apiserver's audit log so far (``audit_log=True``), oldest first."""
+        if not self.audit_log:
+            raise RuntimeError("the control plane was started without audit_log=True")
+        try:
+            text = self.audit_log_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def egress_log(self) -> list[dict[str, Any]]:
         """All CONNECT records the egress proxy logged so far."""

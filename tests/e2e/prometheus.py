@@ -168,7 +168,91 @@ def shorten_rules(sources: Iterable[Path], dest: Path, *, for_duration: str = "3
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $HTTP_PROXY: loopback only
 
 
-class Prometheus:
+class PrometheusApi:
+    """The HTTP API of a Prometheus server at ``url``: what the tests ask a Prometheus, wherever it runs.
+
+    ``Prometheus`` below (a process of ours) and tests/monitoring's operator-managed Prometheus (a Pod) share
+    it; ``log_tail`` is what an error message adds, when the caller can read the server's log.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def log_tail(self, lines: int = 30) -> str:
+        return ""
+
+    def api(self, path: str, /, **params: str) -> dict[str, Any]:
+        """GET ``/api/v1/<path>`` and return the JSON envelope (``status``, ``data``, ``errorType``, ``error``)
+        whatever the status: a bad query is answered 400 with an envelope, which is what the caller wants."""
+        url = f"{self.url}/api/v1/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        try:
+            with _NO_PROXY.open(url, timeout=API_TIMEOUT_S) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            body = e.read()
+        except OSError as e:
+            raise PrometheusError(f"GET {url}: {e}; log tail:\n{self.log_tail()}") from e
+        try:
+            envelope: dict[str, Any] = json.loads(body)
+        except ValueError as e:
+            raise PrometheusError(f"GET {url}: not JSON: {body[:300]!r}") from e
+        return envelope
+
+    def _data(self, path: str, **params: str) -> Any:
+        envelope = self.api(path, **params)
+        if envelope.get("status") != "success":
+            raise QueryError(params.get("query", path), envelope.get("errorType", "?"), envelope.get("error", "?"))
+        return envelope["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query at now: the ``result`` list (vector/matrix), or ``[result]`` for a scalar/string.
+
+        Raises ``QueryError`` when Prometheus rejects the expression."""
+        data = self._data("query", query=promql)
+        result = data["result"]
+        return list(result) if data["resultType"] in ("vector", "matrix") else [result]
+
+    def query_range(self, promql: str, *, seconds: float = 30.0, step: str = "1s") -> list[dict[str, Any]]:
+        """A range query over the last ``seconds`` (what a time series panel asks): the ``result`` matrix."""
+        end = time.time()
+        data = self._data("query_range", query=promql, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step=step)
+        return list(data["result"])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """GET /api/v1/alerts: every pending and firing alert (``labels``, ``annotations``, ``state``)."""
+        return list(self._data("alerts")["alerts"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self._data("targets")["activeTargets"])
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        return list(self._data("rules")["groups"])
+
+    def config_yaml(self) -> str:
+        """GET /api/v1/status/config: the configuration the server runs now (after its last reload)."""
+        return str(self._data("status/config")["yaml"])
+
+    def alertmanagers(self) -> list[dict[str, Any]]:
+        """GET /api/v1/alertmanagers: the Alertmanagers alerts are sent to (``activeAlertmanagers``)."""
+        return list(self._data("alertmanagers")["activeAlertmanagers"])
+
+    def wait_for(self, predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
+        """Poll ``predicate`` until it returns something truthy (returned); PrometheusError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise PrometheusError(f"not within {timeout_s:g}s: {what}")
+            time.sleep(every_s)
+
+
+class Prometheus(PrometheusApi):
     """One Prometheus process. ``start()`` returns once ``/-/ready`` answers 200; ``stop()`` is idempotent.
 
     Args:
@@ -198,6 +282,7 @@ class Prometheus:
         binary: Path | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
+        super().__init__("")  # the URL is known once started: ``url`` below
         self.binary = binary or find_prometheus()
         self.exporter_port = exporter_port
         self.apiserver = apiserver
@@ -349,66 +434,6 @@ class Prometheus:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
-
-    # ---- HTTP API ----
-
-    def api(self, path: str, /, **params: str) -> dict[str, Any]:
-        """GET ``/api/v1/<path>`` and return the JSON envelope (``status``, ``data``, ``errorType``, ``error``)
-        whatever the status: a bad query is answered 400 with an envelope, which is what the caller wants."""
-        url = f"{self.url}/api/v1/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        try:
-            with _NO_PROXY.open(url, timeout=API_TIMEOUT_S) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            body = e.read()
-        except OSError as e:
-            raise PrometheusError(f"GET {url}: {e}; log tail:\n{self.log_tail()}") from e
-        try:
-            envelope: dict[str, Any] = json.loads(body)
-        except ValueError as e:
-            raise PrometheusError(f"GET {url}: not JSON: {body[:300]!r}") from e
-        return envelope
-
-    def _data(self, path: str, **params: str) -> Any:
-        envelope = self.api(path, **params)
-        if envelope.get("status") != "success":
-            raise QueryError(params.get("query", path), envelope.get("errorType", "?"), envelope.get("error", "?"))
-        return envelope["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query at now: the ``result`` list (vector/matrix), or ``[result]`` for a scalar/string.
-
-        Raises ``QueryError`` when Prometheus rejects the expression."""
-        data = self._data("query", query=promql)
-        result = data["result"]
-        return list(result) if data["resultType"] in ("vector", "matrix") else [result]
-
-    def query_range(self, promql: str, *, seconds: float = 30.0, step: str = "1s") -> list[dict[str, Any]]:
-        """A range query over the last ``seconds`` (what a time series panel asks): the ``result`` matrix."""
-        end = time.time()
-        data = self._data("query_range", query=promql, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step=step)
-        return list(data["result"])
-
-    def alerts(self) -> list[dict[str, Any]]:
-        """GET /api/v1/alerts: every pending and firing alert (``labels``, ``annotations``, ``state``)."""
-        return list(self._data("alerts")["alerts"])
-
-    def targets(self) -> list[dict[str, Any]]:
-        return list(self._data("targets")["activeTargets"])
-
-    def rule_groups(self) -> list[dict[str, Any]]:
-        return list(self._data("rules")["groups"])
-
-    def wait_for(self, predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
-        """Poll ``predicate`` until it returns something truthy (returned); PrometheusError after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"not within {timeout_s:g}s: {what}")
-            time.sleep(every_s)
 
     def wait_for_targets(self, timeout_s: float = 15.0) -> None:
         """Every configured job has an up target (its first scrape succeeded)."""

@@ -27,7 +27,10 @@ The ``no_endpoints`` Service's only endpoint (10.213.7.0/24, the test network na
 validation accepts) is never ready, so neither the exporter nor the apiserver ever dials it.
 
 The exporter runs in-process as ``serve`` would (live discovery with the admin kubeconfig, probe interval
-1 s) and serves /metrics on 127.0.0.1; kubernetes client calls run in a thread so that this event loop keeps
+1 s), with the canary on in our namespace (``--canary-namespace``, interval 1 s: healthy, expiring and denying are
+reachable through the apiserver, broken and no_endpoints are not, risky's dry run is answered by no_endpoints'
+failure first (inconclusive), fail_open is not canaried: Ignore),
+and serves /metrics on 127.0.0.1; kubernetes client calls run in a thread so that this event loop keeps
 serving the backends, the exporter and its probes meanwhile.
 """
 
@@ -47,6 +50,7 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.backend import Behaviour
+from exporter.canary import Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import KubeApi, load_credentials
 from exporter.pki import CertificateAuthority
@@ -209,7 +213,8 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
             await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(conf, *webhooks))
             created.append(conf)
         discovery = Discovery(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
-        exporter = Exporter(interval=PROBE_INTERVAL_S, discovery=discovery)
+        canary = Canary(discovery.api, CanaryConfig(namespace=namespace, interval=PROBE_INTERVAL_S))
+        exporter = Exporter(interval=PROBE_INTERVAL_S, discovery=discovery, canary=canary)
         await exporter.start()
         port = await exporter.serve("127.0.0.1", 0)
         running = Scenario(namespace=namespace, hooks=hooks, configurations=created, exporter=exporter,

@@ -180,6 +180,29 @@ labels (the object's labels), namespace (ours), setPrefix (the value the labels 
 {{- end }}
 
 {{/*
+The canary's settings, checked (a dict: enabled, namespace, interval, resources). `| default dict`: a release
+installed before the canary existed has no `canary` values, and `helm upgrade --reuse-values` keeps it so.
+*/}}
+{{- define "awe.canary" -}}
+{{- $c := .Values.canary | default dict }}
+{{- $resources := $c.resources | default (list "configmaps" "pods") }}
+{{- if $c.enabled }}
+{{- if not $c.namespace }}
+{{- fail "canary.namespace: the canary dry-runs its objects in one existing namespace; name it (canary.enabled is true)" }}
+{{- end }}
+{{- if not $resources }}
+{{- fail "canary.resources: at least one of configmaps, pods" }}
+{{- end }}
+{{- range $resources }}
+{{- if not (has . (list "configmaps" "pods")) }}
+{{- fail (printf "canary.resources: %q; the canary may create (dry run) configmaps and pods only" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "enabled" (default false $c.enabled) "namespace" (default "" $c.namespace) "interval" (default 60 $c.interval) "resources" $resources) }}
+{{- end }}
+
+{{/*
 --web.config.file (docs/securing-metrics.md): "true" when any of TLS, basic auth or a bearer token is asked for.
 */}}
 {{- define "awe.webConfig.enabled" -}}
@@ -253,6 +276,11 @@ the exporter would refuse at start-up, so a mistake fails the install instead of
 {{- toYaml $config }}
 {{- end }}
 
+{{/* The name a scraper verifies the exporter's certificate for (the ServiceMonitor's, and NOTES.txt's curl). */}}
+{{- define "awe.serviceMonitor.serverName" -}}
+{{- .Values.serviceMonitor.tlsConfig.serverName | default (printf "%s.%s.svc" (include "awe.fullname" .) .Release.Namespace) }}
+{{- end }}
+
 {{/*
 The ServiceMonitor endpoint's scheme, tlsConfig and authorization/basicAuth for webConfig (YAML, indented by the
 caller). Fails when Prometheus could not pass what the exporter asks for.
@@ -266,7 +294,7 @@ caller). Fails when Prometheus could not pass what the exporter asks for.
 {{- if and (eq $auth "RequireAndVerifyClientCert") (not $m.tlsConfig.clientCertSecretName) }}
 {{- fail "serviceMonitor.tlsConfig.clientCertSecretName is required: the exporter requires a client certificate (webConfig.tls.clientAuthType RequireAndVerifyClientCert), so Prometheus must present one (a kubernetes.io/tls Secret)" }}
 {{- end }}
-{{- $tlsConfig := dict "serverName" ($m.tlsConfig.serverName | default (printf "%s.%s.svc" (include "awe.fullname" .) .Release.Namespace)) }}
+{{- $tlsConfig := dict "serverName" (include "awe.serviceMonitor.serverName" .) }}
 {{- if $m.tlsConfig.insecureSkipVerify }}
 {{- $_ := set $tlsConfig "insecureSkipVerify" true }}
 {{- else }}

@@ -1,0 +1,106 @@
+"""pytest fixtures for tests that need the real node (imported by tests/conftest.py with ``import *``).
+
+* ``node_cluster`` is session-scoped: a node costs ~20 s to start and ~10 s to stop, and the machine can
+  hold one at a time. Tests share it and delete what they create. It never builds anything: missing
+  binaries, packages or images mean ``pytest.skip`` with what to run, or a failure when
+  ``AWE_REQUIRE_NODE=1`` (CI), so a broken install cannot turn the node suite into silent skips.
+* ``node_image`` loads one of tests/image/build.sh's docker-archives into the node, once per session;
+  ``exporter_image`` builds (if its sources changed) and loads the project's image, the chart's default.
+* The shared instance lives at module level (like tests/controlplane/fixtures.py's), so that importing
+  these fixtures in more than one conftest still starts ONE node per session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from .harness import LOCK_TIMEOUT_S, NodeCluster, NodeError, NodeUnavailable, images_dir
+
+__all__ = ["NODE_REQUIRE_ENV", "NODE_TEST_TIMEOUT", "exporter_image", "node_cluster", "node_image"]
+
+NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
+#: per-test bound of the node tests (pytest-timeout; the suite's default is 300 s): the first one starts the
+#: node (and may build the image, when its sources changed), and on a shared machine may first wait up to
+#: LOCK_TIMEOUT_S for another session's node to stop
+NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 900)
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get(NODE_REQUIRE_ENV) == "1":
+        pytest.fail(f"test node unavailable but {NODE_REQUIRE_ENV}=1: {reason}", pytrace=False)
+    pytest.skip(f"test node unavailable: {reason}")
+    raise AssertionError("unreachable")
+
+
+_shared: NodeCluster | None = None
+_refs = 0
+_loaded: dict[str, list[str]] = {}
+#: start/stop figures of every node this session ran (printed by tests/node/conftest.py's summary hook)
+TIMINGS: list[dict[str, float]] = []
+
+
+def shared_node() -> NodeCluster | None:
+    """The session's node if it has started (tests/node/test_host.py must run before)."""
+    return _shared
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[NodeCluster]:
+    """The session's running node (``kubectl()``, ``load_image()``, ``service_get()``, ``cp``, ...)."""
+    global _shared, _refs
+    if _shared is None:
+        try:
+            node = NodeCluster()
+            node.start()
+        except NodeUnavailable as e:
+            _unavailable(e.reason)
+        except NodeError as e:
+            pytest.fail(f"test node failed to start: {e}", pytrace=False)
+        _shared = node
+        _loaded.clear()
+    _refs += 1
+    try:
+        yield _shared
+    finally:
+        _refs -= 1
+        if _refs == 0 and _shared is not None:
+            _shared.stop()
+            TIMINGS.append(dict(_shared.timings))
+            _shared = None
+
+
+@pytest.fixture(scope="session")
+def node_image(node_cluster: NodeCluster) -> Callable[[str], list[str]]:
+    """``node_image("<name>")`` imports ``<images_dir>/<name>.tar`` into the node (once) and returns the
+    image names it holds."""
+
+    def load(name: str) -> list[str]:
+        if name not in _loaded:
+            archive: Path = images_dir() / f"{name}.tar"
+            try:
+                _loaded[name] = node_cluster.load_image(archive)
+            except NodeUnavailable as e:
+                _unavailable(e.reason)
+        return _loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def exporter_image(node_cluster: NodeCluster) -> str:
+    """The project's image, built from the current sources by tests/image/build.sh (a hash of the sources
+    when nothing changed) and loaded into the node: the chart's default image, so ``helm install`` with
+    default values runs it (``imagePullPolicy: IfNotPresent``; nothing is ever pulled)."""
+    from tests.image.podman import build_images
+
+    from .chart import chart_image
+
+    built = build_images()
+    names = node_cluster.load_image(built.archive)
+    assert built.image == chart_image() and built.image in names, (built.image, names, chart_image())
+    return built.image
