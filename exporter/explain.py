@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .audit.matching import APISERVER, Request, intercepts
 from .model import NO_PROVENANCE, Inventory, Provenance, Webhook, WebhookKey
 from .reasons import recognise
 from .resources import IP_ADDRESSES, SERVICE_CIDRS
@@ -281,6 +280,8 @@ def with_inventory(backend: Backend, inventory: Inventory | None, cause: str) ->
 def allocation_blockers(inventory: Inventory) -> tuple[Webhook, ...]:
     """The Fail webhooks the apiserver calls when it creates an IPAddress or a ServiceCIDR: while one of them
     cannot be called, no ClusterIP can be allocated."""
+    from .audit.matching import APISERVER, Request, intercepts  # the audit (yaml, cryptography): with an inventory
+
     requests = [Request(IP_ADDRESSES, "CREATE", name="10.96.0.10", user=APISERVER),
                 *(Request(SERVICE_CIDRS, op, name="kubernetes", user=APISERVER) for op in ("CREATE", "UPDATE"))]
     return tuple(h for h in inventory.webhooks if h.failure_policy == "Fail"
