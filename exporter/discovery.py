@@ -248,11 +248,17 @@ class Discovery:
 
     @property
     def synced(self) -> bool:
-        """Every watch has listed once: the inventory reflects the cluster (until then /readyz says no).
+        """Every watch has listed once and the inventory is rebuilt from them: it reflects the cluster (until
+        then /readyz says no).
 
-        Read from the HTTP server's thread too: the backends are copied in one step (`list()` of the values)."""
+        Read from the HTTP server's thread too, even while a rebuild runs on the event loop: the backends are
+        copied in one step (`list()` of the values), and a rebuild clears `_dirty` only once it is over, so the
+        configurations listed before their backends' watches are started never read as synced."""
+        return self._watches_synced() and not self._dirty.is_set()
+
+    def _watches_synced(self) -> bool:
         watches = [*self._config_watches, *(w for b in list(self._backends.values()) for w in b.watches)]
-        return bool(watches) and all(w.synced.is_set() for w in watches) and not self._dirty.is_set()
+        return bool(watches) and all(w.synced.is_set() for w in watches)
 
     async def close(self) -> None:
         tasks = [*self._tasks, *(t for b in self._backends.values() for t in b.tasks)]
@@ -267,11 +273,12 @@ class Discovery:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
-            self._dirty.clear()
             try:
-                self.rebuild()
+                self.rebuild()  # no await inside: the events it has not seen arrive after it, and set _dirty again
             except Exception:  # a bug here must not stop discovery; the last inventory stays in force
                 log.exception("rebuild_failed")
+            finally:
+                self._dirty.clear()
 
     def _objects_for_inventory(self, referenced: Mapping[str, frozenset[str]]) -> Iterator[SourcedObject]:
         for plural, store in self._objects.items():
@@ -297,7 +304,7 @@ class Discovery:
         self._reconcile_backends(referenced)
         self.inventory = build_inventory(self._objects_for_inventory(referenced), cache=self._parsed)
         self._adopt(self.inventory)
-        if self.synced:
+        if self._watches_synced():
             self._synced_event.set()
 
     async def wait_synced(self) -> None:

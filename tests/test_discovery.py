@@ -182,6 +182,41 @@ async def test_backends_watched_cluster_wide_above_the_threshold_keep_the_same_i
             await kube.call(kube.core.delete_namespace, namespace)
 
 
+async def test_synced_only_once_the_backends_listed_too(kube: Kube, control_plane: ControlPlane) -> None:
+    """/readyz reads `synced` from the HTTP server's thread, at any point of a rebuild on the event loop. When
+    the configurations have listed and a rebuild is about to start their backends' watches, the inventory does
+    not reflect the cluster yet: `synced` must say no there (it said yes, and /readyz was ready with 0 targets)."""
+    from exporter.discovery import Discovery
+    from exporter.kubeapi import KubeApi, load_credentials
+
+    suffix = uid()
+    namespace, name = f"synced-{suffix}", f"synced-{suffix}"
+    await kube.call(kube.core.create_namespace, {"metadata": {"name": namespace}})
+    await kube.call(kube.core.create_namespaced_service, namespace,
+                    f.service(namespace, "hook", [{"name": "https", "port": 443}]))
+    await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(
+        name, f.webhook(f"w.{name}.example.com", f.service_client(namespace, "hook", ""), policy="Ignore",
+                        **ns_scoped("nowhere"))))
+    seen: list[tuple[bool, bool]] = []  # (synced, its backends watched) as each rebuild starts them
+
+    class Recording(Discovery):
+        def _reconcile_backends(self, wanted: Any) -> None:
+            seen.append((self.synced, namespace in wanted and namespace in self._backends))
+            super()._reconcile_backends(wanted)
+
+    discovery = Recording(KubeApi(load_credentials(str(control_plane.kubeconfig_path))))
+    try:
+        await discovery.start()
+        await asyncio.wait_for(discovery.wait_synced(), 10)
+        assert discovery.synced and (namespace, "hook") in discovery.inventory.services
+        first = next(i for i, (_, watched) in enumerate(seen) if not watched)  # the rebuild that starts them
+        assert not seen[first][0]
+    finally:
+        await discovery.close()
+        await kube.call(kube.admission.delete_validating_webhook_configuration, name)
+        await kube.call(kube.core.delete_namespace, namespace)
+
+
 def _python() -> list[str]:
     import sys
 
