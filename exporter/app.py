@@ -37,6 +37,7 @@ class Exporter:
         concurrency: int = 64,
         interval: float = 30.0,
         jitter: float = 0.1,
+        exporter_namespace: str | None = None,
         probe_fn: ProbeFn | None = None,
         discovery: Discovery | None = None,
         canary: Canary | None = None,
@@ -45,6 +46,7 @@ class Exporter:
         self.results = ResultStore()
         self.scheduler = ProbeScheduler(results=self.results, probe_fn=probe_fn or probe, concurrency=concurrency,
                                         interval=interval, jitter=jitter)
+        self.exporter_namespace = exporter_namespace  # where this exporter runs: the audit asks if its Pods get in
         self.discovery = discovery
         self.canary = canary  # opt-in: dry-run creates through the apiserver (exporter.canary)
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
@@ -72,7 +74,8 @@ class Exporter:
             self._audit_wanted.clear()
             snapshot = self.state.snapshot
             try:
-                findings = await asyncio.to_thread(audit, snapshot.inventory, snapshot.plans)
+                findings = await asyncio.to_thread(audit, snapshot.inventory, snapshot.plans,
+                                                   exporter_namespace=self.exporter_namespace)
             except Exception:  # a bug in a rule must not stop auditing; the last findings stay in force
                 log.exception("audit_failed")
                 continue
