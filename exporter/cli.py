@@ -390,13 +390,10 @@ def _canary_config(args: argparse.Namespace) -> CanaryConfig:
 
 def _exporter_namespace(args: argparse.Namespace) -> str | None:
     """Where this exporter runs, for the audit: --exporter-namespace, else the Pod's own (its service account's
-    namespace file), else unknown (outside a Pod), and said once in the log either way."""
+    namespace file), else unknown (outside a Pod)."""
     from .kubeconfig import pod_namespace
 
-    namespace = args.exporter_namespace or pod_namespace()
-    source = "flag" if args.exporter_namespace else "service_account" if namespace else "unknown"
-    event(log, logging.INFO, "exporter_namespace", namespace=namespace or "", source=source)
-    return namespace
+    return str(args.exporter_namespace) if args.exporter_namespace else pod_namespace()
 
 
 async def run_serve(args: argparse.Namespace) -> int:
@@ -419,14 +416,14 @@ async def run_serve(args: argparse.Namespace) -> int:
                             probe_fn=prober(credentials), exporter_namespace=where)
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
-              invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
+              invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets), exporter_namespace=where or "")
         return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = await _discovery(args)
     canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
                         canary=canary, probe_fn=prober(credentials), exporter_namespace=where)
     await exporter.start()
-    event(log, logging.INFO, "discovery_started", server=discovery.api.server)
+    event(log, logging.INFO, "discovery_started", server=discovery.api.server, exporter_namespace=where or "")
     if canary is not None:
         event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
               resources=",".join(r.plural for r in canary.config.resources))
