@@ -2,9 +2,8 @@
 
 Each per-webhook rule asks `matching.intercepts` about the requests a down backend would block (kube-system's
 writes, its own backend's pods, the exporter's own pods when the caller says where it runs, the cluster's
-bootstrap kinds); the cross-webhook rules find Fail webhooks that
-gate each other's backends (cycles) and chains of webhooks one write may wait on past the apiserver's budget.
-`audit()` runs them all.
+bootstrap kinds); the cross-webhook rules find Fail webhooks that gate each other's backends (cycles) and
+chains of webhooks one write may wait on past the apiserver's budget. `audit()` runs them all.
 """
 
 from __future__ import annotations
