@@ -355,13 +355,13 @@ def test_exporter_survives_the_outage_it_reports(node_cluster: NodeCluster, expo
                     if f["id"] == GATES_EXPORTER and f["configuration"] == name]
 
         assert gates_exporter() == []
+        t1 = time.monotonic()
         node.kubectl("label", "namespace", NAMESPACE, f"{chart.EXCLUDE_LABEL}-")
         (finding,) = gates_exporter()
         assert finding["severity"] == "warning" and f"intercepts pods in {NAMESPACE}" in finding["why"], finding
         assert NAMESPACE in yaml.safe_load(finding["fix"])["namespaceSelector"]["matchExpressions"][-1]["values"]
         # The exporter's own view: a new inventory (the Namespace's labels changed), then its audit; bounded
         # generously, as the exporter may rest between audits under churn.
-        t1 = time.monotonic()
         eventually(lambda: value(chart.scrape(node), "admission_webhook_risk_info", risk=GATES_EXPORTER,
                                  severity="warning", **hook) == 1,
                    timeout_s=150, what=f"the exporter in its Pod reports {GATES_EXPORTER} for its own namespace")
