@@ -1,6 +1,6 @@
 """`serve` runs on uvloop where it is installed (exporter.cli): the probe must reach the same verdicts there as
-on asyncio's loop, where the rest of the suite runs. So the probe's own tests (client certificates included) and the hostile backends' run
-again, in a pytest of their own, with every async test on uvloop (tests/uvloop_loop.py)."""
+on asyncio's loop, where the rest of the suite runs. So the probe's own tests (client certificates included) and
+the hostile backends' run again, in a pytest of their own, with every async test on uvloop (tests/uvloop_loop.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import uvloop  # a dependency wherever serve runs on it (pyproject.toml): never 
 from exporter.cli import EXIT_USAGE, _loop_factory, main
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["tests/test_probe.py", "tests/test_client_auth.py", "tests/test_hostile_backends.py", "tests/test_scheduler.py"]
+MODULES = ["tests/test_probe.py", "tests/test_client_auth.py", "tests/test_hostile_backends.py",
+           "tests/test_scheduler.py"]
 
 
 @pytest.mark.slow
