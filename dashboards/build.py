@@ -7,8 +7,8 @@ Two dashboards, fixed uids so links and provisioning survive a re-import:
 
 * ``awe-overview`` (admission-webhooks-overview.json): one row per webhook, the exporter's verdict beside
   the kube-apiserver's own view of the same webhook, and the configuration audit's findings;
-* ``awe-detail`` (admission-webhook-detail.json): one webhook (``$webhook``): its endpoints, certificates
-  and history. The overview's webhook names link to it.
+* ``awe-detail`` (admission-webhook-detail.json): one webhook (``$webhook``): its endpoints, certificates,
+  history and the canary's (opt-in) verdict, reason and timing. The overview's webhook names link to it.
 
 Where the values come from:
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,56 @@ SEVERITY: list[dm.ValueMapping] = [dm.ValueMap(options={"critical": dm.ValueMapp
                                  "latent": dm.ValueMappingResult(color=PURPLE, index=2),
                                  "info": dm.ValueMappingResult(color=BLUE, index=3)})]
 
+# The canary's reasons as the detail dashboard shows them: the reason, then what it means or what to do. Keyed by
+# the closed sets of exporter/canary.py (NotCanaried, Inconclusive); tests/test_dashboards.py keeps them equal.
+NOT_CANARIED_HINTS = {
+    "side_effects": "sideEffects Some/Unknown: the apiserver refuses it any dry run (set None or NoneOnDryRun "
+                    "if true)",
+    "failure_policy_ignore": "failurePolicy Ignore: a failed call is admitted and hidden (see Failing open)",
+    "namespace_missing": "the canary namespace does not exist: create it or fix --canary-namespace",
+    "resource_not_allowed": "its rules match no CREATE of a --canary-resources resource: allow one it matches",
+    "namespace_not_selected": "its namespaceSelector excludes the canary namespace: label that namespace or "
+                              "canary in one it selects",
+    "object_not_selected": "its objectSelector or matchConditions select no object the canary can build",
+    "match_conditions_undecided": "its matchConditions use Kubernetes-only CEL: whether it is called is unknown",
+}
+FAILURE_HINTS = {  # exporter/reasons.py's Reason, as the apiserver's own call fails, and canary's "unrecognised"
+    "no_endpoints": "the apiserver finds no ready endpoint behind the Service",
+    "service_not_found": "the apiserver cannot find the Service",
+    "connection_refused": "refused on the control plane's path: a firewall that rejects, or the wrong port",
+    "unreachable": "no route from the control plane: Konnectivity, egress proxy, network",
+    "timeout": "the apiserver's call timed out: a firewall that drops (often 8443/9443), or a slow backend",
+    "dns": "the apiserver cannot resolve the URL's host",
+    "tls_handshake": "TLS between the apiserver and the backend failed",
+    "x509_unknown_authority": "the apiserver does not trust the served certificate with the caBundle",
+    "x509_expired": "the served certificate has expired, by the apiserver's clock",
+    "x509_not_yet_valid": "the served certificate is not yet valid, by the apiserver's clock",
+    "x509_hostname_mismatch": "the served certificate is not for the name the apiserver dials",
+    "http_error": "the backend answered, but not with a valid AdmissionReview",
+    "invalid_config": "the apiserver cannot call the webhook as configured",
+    "client_auth_required": "the backend wants a client certificate the apiserver did not send",
+    "unrecognised": "the apiserver's words are in the exporter's log line canary_result",
+}
+INCONCLUSIVE_HINTS = {
+    "forbidden": "RBAC: the canary's Role is missing (chart canary.enabled adds it)",
+    "unauthorized": "the apiserver refused the exporter's credentials",
+    "quota": "a ResourceQuota of the canary namespace refused the object",
+    "rejected": "another admission plugin refused it first (PodSecurity, LimitRanger, ...)",
+    "invalid": "the object failed validation",
+    "namespace_not_found": "the canary namespace does not exist",
+    "conflict": "an object of the canary's name exists in the canary namespace",
+    "throttled": "API Priority and Fairness answered 429: retried next interval",
+    "other_webhook": "another webhook failed or denied first: this one may not have been called",
+    "apiserver_error": "another answer of the apiserver (the exporter's log line canary_result has it)",
+    "apiserver_unreachable": "no answer from the apiserver",
+}
+
+
+def hints(texts: dict[str, str], color: str) -> list[dm.ValueMapping]:
+    """A label column's mapping: each value shown as ``value: hint``, coloured."""
+    return [dm.ValueMap(options={value: dm.ValueMappingResult(text=f"{value}: {hint}", color=color, index=i)
+                                 for i, (value, hint) in enumerate(texts.items())})]
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -93,6 +144,7 @@ class Settings:
     ca_bundle_warning_days: float
     ca_bundle_critical_days: float
     latency_timeout_ratio: float
+    canary_for_seconds: float
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> Settings:
@@ -103,7 +155,19 @@ class Settings:
                    cert_critical_days=float(raw["cert_critical_days"]),
                    ca_bundle_warning_days=float(raw["ca_bundle_warning_days"]),
                    ca_bundle_critical_days=float(raw["ca_bundle_critical_days"]),
-                   latency_timeout_ratio=float(raw["latency_timeout_ratio"]))
+                   latency_timeout_ratio=float(raw["latency_timeout_ratio"]),
+                   canary_for_seconds=seconds(str(raw["canary_for"])))
+
+
+DURATION = re.compile(r"(\d+)([smh])")
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration of alerts/config.yaml (``5m``, ``1h30m``) in seconds."""
+    parts = DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a duration of s/m/h units: {duration!r}")
+    return float(sum(int(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts))
 
 
 class Queries:
@@ -255,10 +319,11 @@ def value_field(ref: str, queries: int) -> str:
 
 def merged_table(layout: Layout, title: str, description: str, columns: Sequence[Column], *,
                  labels: Sequence[tuple[str, str]], links: dict[str, str] | None = None, height: int = 10,
-                 no_value: str = "") -> table.Panel:
+                 no_value: str = "", mapped: dict[str, Sequence[dm.ValueMapping]] | None = None) -> table.Panel:
     """A table of instant queries merged on their shared labels.
 
-    ``labels``: (label, header) of the label columns to show, in order; other labels are hidden. Each value
+    ``labels``: (label, header) of the label columns to show, in order; other labels are hidden; ``mapped``: the
+    value mappings of some of them (coloured text: a label cell has no value to colour by). Each value
     column is the field Grafana's Prometheus data source names ``Value #<ref>`` (``Value`` when the panel has a
     single query), renamed by a displayName override matched on that name, so the match does not depend on
     how a rename is applied. That naming counts the queries that returned a frame: one more reason for the
@@ -276,8 +341,8 @@ def merged_table(layout: Layout, title: str, description: str, columns: Sequence
         if links and label in links:
             props.append(dm.DynamicConfigValue(id_val="links", value=[
                 {"title": f"Open {header} {{}}".replace("{}", "${__value.raw}"), "url": links[label]}]))
-        if label == "severity":
-            props += [dm.DynamicConfigValue(id_val="mappings", value=list(SEVERITY)),
+        if mapped and label in mapped:
+            props += [dm.DynamicConfigValue(id_val="mappings", value=list(mapped[label])),
                       dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"})]
         if props:
             panel = panel.override_by_name(label, props)
@@ -338,6 +403,14 @@ def series_panel(layout: Layout, title: str, description: str, targets: Sequence
     for name, props in overrides:
         panel = panel.override_by_name(name, props)
     return panel
+
+
+def timeout_line() -> tuple[str, list[dm.DynamicConfigValue]]:
+    """The override that draws the series named ``timeoutSeconds`` as a dashed red limit."""
+    return ("timeoutSeconds", [
+        dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": RED}),
+        dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+        dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)])
 
 
 def datasource_variable() -> db.DatasourceVariable:
@@ -515,7 +588,7 @@ def overview(s: Settings) -> db.Dashboard:
                 value=False)],
         labels=[(s.cluster_label, "cluster"), ("configuration", "configuration"), ("name", "webhook"),
                 ("type", "type"), ("risk", "risk"), ("severity", "severity")],
-        links={"name": detail_link()}, height=8, no_value="No risk findings"))
+        links={"name": detail_link()}, height=8, no_value="No risk findings", mapped={"severity": SEVERITY}))
     return d
 
 
@@ -530,7 +603,8 @@ def detail(s: Settings) -> db.Dashboard:
     crit, warn = s.cert_critical_days, s.cert_warning_days
     days = ((None, RED), (crit, ORANGE), (warn, GREEN))
     d = base("Admission webhooks / Webhook", DETAIL_UID,
-             "One admission webhook: its endpoints, certificates, probe history and the kube-apiserver's view.")
+             "One admission webhook: its endpoints, certificates, probe history, the canary through the "
+             "kube-apiserver's own path and the kube-apiserver's view.")
     d = d.with_variable(datasource_variable()).with_variable(cluster_variable(q)).with_variable(webhook_variable(q))
 
     d = d.with_row(db.Row("Status").id(layout.id()))
@@ -621,10 +695,7 @@ def detail(s: Settings) -> db.Dashboard:
         [(f"max by (configuration, endpoint) (admission_webhook_probe_duration_seconds{q.exp(hook)})",
           "{{endpoint}} ({{configuration}})"),
          (f"max by (configuration) (admission_webhook_timeout_seconds{q.exp(hook)})", "timeoutSeconds")],
-        unit="s", min_value=0, overrides=[("timeoutSeconds", [
-            dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": RED}),
-            dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
-            dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)])]))
+        unit="s", min_value=0, overrides=[timeout_line()]))
     d = d.with_panel(series_panel(
         layout, "Failing endpoints by reason", "How many endpoints failed their last probe, by reason (named after "
         "the apiserver's error: connection_refused, timeout, x509_expired, no_endpoints, ...).",
@@ -638,6 +709,8 @@ def detail(s: Settings) -> db.Dashboard:
           "served cert {{endpoint}} (days)"),
          (f"min(admission_webhook:ca_bundle_expiry_seconds:min{q.rec(hook)}) / {DAY}", "caBundle CA (days)")],
         min_value=0))
+
+    d = canary_row(d, layout, q, hook)
 
     d = d.with_row(db.Row("Apiserver's view").id(layout.id()))
     d = d.with_panel(series_panel(
@@ -657,6 +730,84 @@ def detail(s: Settings) -> db.Dashboard:
     d = d.with_panel(series_panel(
         layout, "Admission latency", "p50 and p99 of the time the kube-apiserver spent calling this webhook.",
         [(q.api_quantile(0.5, hook), "p50"), (q.api_quantile(0.99, hook), "p99")], unit="s", span=6))
+    return d
+
+
+def canary_row(d: db.Dashboard, layout: Layout, q: Queries, hook: str) -> db.Dashboard:
+    """The canary (opt-in): whether the kube-apiserver itself can call the webhook, beside the probe's verdict."""
+    s, w = q.s, q.webhook
+    stale = s.canary_for_seconds
+
+    def reasons(family: str, label: str) -> str:
+        # Each family's `reason` copied into a label of its own, so the three are separate columns of one row;
+        # label_join, since label_replace's "$1" would read as a Grafana variable.
+        return q.fill(f'max by ({w}, {label}) (label_join({family}{q.exp(hook)}, "{label}", "", "reason"))',
+                      extra=hook)
+
+    took = f"max by ({w}) (admission_webhook_canary_duration_seconds{q.exp(hook)})"
+    timeout = f"max by ({w}) (admission_webhook_timeout_seconds{q.exp(hook)})"
+    d = d.with_row(db.Row("Canary: the kube-apiserver's own path").id(layout.id()))
+    d = d.with_panel(merged_table(
+        layout, "Canary", "The canary (opt-in, --canary-namespace or the chart's canary.enabled) sends the "
+        "kube-apiserver a dry-run create (nothing is stored) that this webhook selects, so the apiserver calls it "
+        "over its own path: its network, Konnectivity or egress proxy, caBundle and timeout. Verdict OK: the "
+        "apiserver called it (admitted, or this webhook denied: both mean the path works). FAILING: `failed calling "
+        "webhook`, with why (red). While the probe's verdict above is OK, a FAILING canary means the control "
+        "plane's path is broken: a firewall between the control plane and the nodes (managed control planes often "
+        "admit only 443 and 10250), Konnectivity or the egress proxy, a NetworkPolicy that admits the exporter but "
+        "not the control plane; see the AdmissionWebhookCanaryFailing runbook. Inconclusive (orange, verdict -): "
+        "the answer said nothing about this webhook (RBAC, quota, another webhook first); fix what it names, it is "
+        "not a webhook failure. Not canaried (blue): why the canary cannot reach this webhook, with what to change "
+        "if you want it canaried. Last dry run took: the round trip as the exporter measured it (an upper bound of "
+        f"the apiserver's call), against timeoutSeconds (red from {s.latency_timeout_ratio:.0%}). Last canary: "
+        f"seconds since the last dry run finished, normally under --canary-interval (60 s); past {stale:g} s "
+        "(orange, AdmissionWebhookCanaryFailing's for:) the verdict is stale: the canary is stuck (see the "
+        "exporter's log) or the interval is longer. Every cell - : the canary is off.",
+        [
+            Column("A", "verdict", q.fill(f"min by ({w}) (admission_webhook:canary_success:min{q.rec(hook)})",
+                                          extra=hook), mappings=tuple(VERDICT), cell="color-background", width=90),
+            Column("B", "failed", reasons("admission_webhook_canary_failure_info", "canary_failure"), value=False),
+            Column("C", "inconclusive", reasons("admission_webhook_canary_inconclusive_info",
+                                                "canary_inconclusive"), value=False),
+            Column("D", "not canaried", reasons("admission_webhook_not_canaried_info", "not_canaried"),
+                   value=False),
+            Column("E", "last dry run took", q.fill(took, extra=hook), unit="s", decimals=3, width=130),
+            Column("F", "timeout", timeout, unit="s", width=80),
+            Column("G", "took / timeout", q.fill(f"{took}\n/ on ({w})\n{timeout}", extra=hook), unit="percentunit",
+                   cell="gauge", thresholds=((None, GREEN), (s.latency_timeout_ratio, RED)), min=0, max=1,
+                   width=130),
+            Column("H", "last canary", q.fill(
+                f"time() - max by ({w}) (admission_webhook_canary_timestamp_seconds{q.exp(hook)})", extra=hook),
+                   unit="s", decimals=0, thresholds=((None, TEXT), (stale, ORANGE)), cell="color-text", width=110),
+        ],
+        labels=[(s.cluster_label, "cluster"), ("configuration", "configuration"), ("canary_failure", "failed"),
+                ("canary_inconclusive", "inconclusive"), ("not_canaried", "not canaried")],
+        mapped={"canary_failure": hints(FAILURE_HINTS, RED), "canary_inconclusive": hints(INCONCLUSIVE_HINTS, ORANGE),
+                "not_canaried": hints(NOT_CANARIED_HINTS, BLUE)}, height=5))
+    d = d.with_panel(
+        statetimeline.Panel().id(layout.id()).title("Canary and probe verdicts").description(
+            "The canary's verdict (the kube-apiserver's own call) above the probe's (the exporter's call) over "
+            "time: green OK, red FAILING, empty while the canary's answer is inconclusive or the webhook is not "
+            "canaried. Canary red while the probe is green: the control plane's path to the webhook is broken "
+            "(firewall, Konnectivity, egress proxy, NetworkPolicy), not the webhook; both red: the webhook itself.")
+        .datasource(DATASOURCE)
+        .with_target(target(f"min by (configuration) (admission_webhook:canary_success:min{q.rec(hook)})", "A",
+                            legend="canary ({{configuration}})"))
+        .with_target(target(f"min by (configuration) (admission_webhook:probe_success:min{q.rec(hook)})", "B",
+                            legend="probe ({{configuration}})"))
+        .mappings([*VERDICT, *NOTHING]).thresholds(steps((None, RED), (1, GREEN)))
+        .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .show_value(cm.VisibilityMode.NEVER).merge_values(True).height(8).span(12))
+    d = d.with_panel(series_panel(
+        layout, "Canary dry run vs timeoutSeconds", "Each dry run's round trip through the kube-apiserver (the "
+        "webhook calls plus the apiserver's small overhead: an upper bound of its call); the red line is the "
+        "webhook's timeoutSeconds, where the apiserver gives up with `context deadline exceeded`. Near the line "
+        "while the probe's duration is low: the control plane's path is slow (egress proxy, Konnectivity), not "
+        "the backend. The apiserver's own latency over all calls is the Admission latency panel below.",
+        [(f"max by (configuration) (admission_webhook_canary_duration_seconds{q.exp(hook)})",
+          "canary dry run ({{configuration}})"),
+         (f"max by (configuration) (admission_webhook_timeout_seconds{q.exp(hook)})", "timeoutSeconds")],
+        unit="s", min_value=0, overrides=[timeout_line()]))
     return d
 
 

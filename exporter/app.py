@@ -64,9 +64,9 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def _audit(snapshot: Snapshot) -> tuple[Finding, ...]:
+def _audit(snapshot: Snapshot, exporter_namespace: str | None) -> tuple[Finding, ...]:
     """The audit, on a worker thread, and its working set given back to the OS there (off the event loop)."""
-    findings = audit(snapshot.inventory, snapshot.plans)
+    findings = audit(snapshot.inventory, snapshot.plans, exporter_namespace=exporter_namespace)
     release_free_memory()
     return findings
 
@@ -78,6 +78,7 @@ class Exporter:
         concurrency: int = 64,
         interval: float = 30.0,
         jitter: float = 0.1,
+        exporter_namespace: str | None = None,
         probe_fn: ProbeFn | None = None,
         discovery: Discovery | None = None,
         canary: Canary | None = None,
@@ -91,6 +92,7 @@ class Exporter:
         self.results = ResultStore(on_put=self.collector.result_changed)
         self.scheduler = ProbeScheduler(results=self.results, probe_fn=probe_fn or probe, concurrency=concurrency,
                                         interval=interval, jitter=jitter)
+        self.exporter_namespace = exporter_namespace  # where this exporter runs: the audit asks if its Pods get in
         self.discovery = discovery
         self.canary = canary  # opt-in: dry-run creates through the apiserver (exporter.canary)
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
@@ -129,7 +131,7 @@ class Exporter:
             # An inventory from watches still listing is partial: its audit must not hold back the next.
             complete = self.discovery is None or self.discovery.synced
             try:
-                findings = await asyncio.to_thread(_audit, snapshot)
+                findings = await asyncio.to_thread(_audit, snapshot, self.exporter_namespace)
             except Exception:  # a bug in a rule must not stop auditing; the last findings stay in force
                 log.exception("audit_failed")
                 continue

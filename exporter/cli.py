@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -96,6 +97,15 @@ PROBE_CONCURRENCY = Bounded(int, 1, 1024)
 CANARY_INTERVAL = Bounded(float, 1, 86_400, "seconds")
 CANARY_DEFAULT_INTERVAL = 60.0  # canary.DEFAULT_INTERVAL (a test keeps them equal): `--help` loads no aiohttp
 DEMO_DURATION = Bounded(float, 1, 86_400, "seconds", hint=" (leave --duration out to run until interrupted)")
+NAMESPACE_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label, as namespaces are named
+
+
+def namespace_name(value: str) -> str:
+    """An argparse `type` for a namespace name; anything else is refused with what a name may hold."""
+    if not NAMESPACE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected a namespace name (lowercase letters, digits and '-', at most 63, "
+                                         f"starting and ending with a letter or digit), got {value!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "$KUBECONFIG or ~/.kube/config, as kubectl)")
         p.add_argument("--context", help="kubeconfig context (default: the current context)")
 
+    def exporter_namespace(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--exporter-namespace", type=namespace_name, metavar="NAMESPACE",
+                       help="the namespace the exporter runs in, e.g. monitoring: the audit then also reports Fail "
+                            "webhooks that would keep its Pod from being recreated while their backend is down "
+                            f"(fail_policy_gates_exporter); the rule runs only when it is known ({default})")
+
     serve = sub.add_parser("serve", help="run the exporter")
     sources(serve)
     serve.add_argument("--listen-address", default=f":{DEFAULT_PORT}", help=f"[host]:port (default :{DEFAULT_PORT})")
@@ -150,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve /healthz and /readyz here, plain HTTP and without authentication, for the "
                             "kubelet's probes when --web.config.file requires a client certificate or credentials")
     client_config(serve)
+    exporter_namespace(serve, "default: the Pod's own, from its service account; outside a Pod, none")
     common(serve)
 
     check = sub.add_parser("check", help="probe every webhook once and print a table; exit 1 if a Fail webhook "
@@ -166,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sources(audit_cmd)
     audit_cmd.add_argument("--output", choices=["text", "json"], default="text")
     gate(audit_cmd)
+    exporter_namespace(audit_cmd, "default: none")
     audit_cmd.add_argument("--fail-on", choices=[*SEVERITIES, "never"], default="critical",
                            help="exit 1 when a finding of this severity or above exists (default critical); never: "
                                 "findings never fail the run (nothing to audit, or a skipped object, still does)")
@@ -305,7 +323,7 @@ async def run_audit(args: argparse.Namespace) -> int:
 
     inventory = load_inventory(args.manifests) if args.manifests else await _live_inventory(args)
     _report_invalid(inventory)
-    findings = audit(inventory, plan(inventory))
+    findings = audit(inventory, plan(inventory), exporter_namespace=args.exporter_namespace)
     failing = at_or_above(findings, args.fail_on) if args.fail_on != "never" else []
     gate = _gate(args, inventory, [f"{len(failing)} finding{'s' if len(failing) != 1 else ''} at or above "
                                    f"--fail-on {args.fail_on}"] if failing else [])
@@ -407,6 +425,14 @@ def _canary_config(args: argparse.Namespace) -> CanaryConfig:
         raise UsageError(f"--canary-resources: {err}") from err
 
 
+def _exporter_namespace(args: argparse.Namespace) -> str | None:
+    """Where this exporter runs, for the audit: --exporter-namespace, else the Pod's own (its service account's
+    namespace file), else unknown (outside a Pod)."""
+    from .kubeconfig import pod_namespace
+
+    return str(args.exporter_namespace) if args.exporter_namespace else pod_namespace()
+
+
 async def run_serve(args: argparse.Namespace) -> int:
     from .app import Exporter
     from .canary import Canary
@@ -425,20 +451,21 @@ async def run_serve(args: argparse.Namespace) -> int:
     except WebConfigError as err:
         raise UsageError(str(err)) from err
     credentials = _client_config(args)
+    where = _exporter_namespace(args)
     if args.manifests:
         inventory = load_inventory(args.manifests)
         exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval,
-                            probe_fn=prober(credentials))
+                            probe_fn=prober(credentials), exporter_namespace=where)
         exporter.adopt(inventory)
         event(log, logging.INFO, "inventory_loaded", webhooks=len(inventory.webhooks),
-              invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets))
+              invalid=len(inventory.invalid), targets=len(exporter.scheduler.targets), exporter_namespace=where or "")
         return await _serve_until_stopped(exporter, host, port, security=security, health=health)
     discovery = await _discovery(args)
     canary = Canary(discovery.api, _canary_config(args)) if args.canary_namespace else None
     exporter = Exporter(concurrency=args.probe_concurrency, interval=args.probe_interval, discovery=discovery,
-                        canary=canary, probe_fn=prober(credentials))
+                        canary=canary, probe_fn=prober(credentials), exporter_namespace=where)
     await exporter.start()
-    event(log, logging.INFO, "discovery_started", server=discovery.api.server)
+    event(log, logging.INFO, "discovery_started", server=discovery.api.server, exporter_namespace=where or "")
     if canary is not None:
         event(log, logging.INFO, "canary_enabled", namespace=canary.config.namespace, interval=canary.config.interval,
               resources=",".join(r.plural for r in canary.config.resources))

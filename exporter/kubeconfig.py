@@ -93,6 +93,15 @@ def in_cluster(env: Mapping[str, str], service_account_dir: Path = SERVICE_ACCOU
     return Credentials(server=server, ssl_context=ctx, token=_token_file(where, token_file))
 
 
+def pod_namespace(service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> str | None:
+    """The namespace of the Pod this process runs in (its service account's `namespace` file), None outside one
+    (or when the token is not mounted)."""
+    try:
+        return (service_account_dir / "namespace").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _token_file(where: str, path: Path) -> Callable[[], str | None]:
     def token() -> str | None:
         try:

@@ -3,7 +3,9 @@
 The static checks read the committed JSON (what users import). The end-to-end check runs every panel's
 every query, its Grafana variables substituted, against a real Prometheus (tests/e2e/prometheus.py) that
 scrapes the exporter and the real test kube-apiserver, with the alert bundle's recording rules loaded, while
-tests/e2e/scenario.py's webhooks are failing in each way the dashboards show and the apiserver is calling them.
+tests/e2e/scenario.py's webhooks are failing in each way the dashboards show, the apiserver is calling them and
+the canary has each kind of answer (a verdict each way, a failure's reason, an inconclusive one, a webhook it does
+not canary).
 Each query must be accepted (``status: success``) and return data; a query that ends in a fill (a NaN row per
 webhook, or a stat's ``or vector(0)``, see dashboards/build.py) must return real, non-NaN values without the
 fill too, so a renamed metric cannot hide behind it.
@@ -122,6 +124,46 @@ def test_dashboard_is_well_formed(stem: str) -> None:
                 assert 'name="$webhook"' in t["expr"], (p["title"], t["expr"])
 
 
+def test_settings_read_durations() -> None:
+    from dashboards.build import seconds
+
+    assert seconds("5m") == 300 and seconds("1h30m") == 5400 and seconds("45s") == 45
+    for bad in ("", "5", "5d", "m5", "5m "):
+        with pytest.raises(ValueError, match="not a duration"):
+            seconds(bad)
+
+
+def test_canary_hints_cover_each_closed_set() -> None:
+    """The detail dashboard's hint for every canary reason the exporter can expose, and none it cannot."""
+    from dashboards.build import FAILURE_HINTS, INCONCLUSIVE_HINTS, NOT_CANARIED_HINTS
+    from exporter.canary import UNRECOGNISED, Inconclusive, NotCanaried
+    from exporter.reasons import Reason
+
+    assert set(NOT_CANARIED_HINTS) == {r.value for r in NotCanaried}
+    assert set(INCONCLUSIVE_HINTS) == {r.value for r in Inconclusive}
+    assert set(FAILURE_HINTS) == {r.value for r in Reason} | {UNRECOGNISED}
+
+
+# The canary's per-webhook families (docs/metrics.md), each of which the detail dashboard must read for $webhook.
+CANARY_FAMILIES = ("admission_webhook:canary_success:min", "admission_webhook_canary_failure_info",
+                   "admission_webhook_canary_inconclusive_info", "admission_webhook_not_canaried_info",
+                   "admission_webhook_canary_duration_seconds", "admission_webhook_canary_timestamp_seconds")
+
+
+def test_detail_shows_the_canary() -> None:
+    """Every canary family in a detail panel, and each reason family's `reason` in a label column with hints."""
+    detail = DASHBOARDS["admission-webhook-detail"]
+    exprs = [t["expr"] for p in panels(detail) for t in p["targets"]]
+    for family in CANARY_FAMILIES:
+        assert any(re.search(re.escape(family) + r'\{[^}]*name="\$webhook"', e) for e in exprs), family
+    table = next(p for p in panels(detail) if p["title"] == "Canary")
+    mapped = {o["matcher"]["options"]: prop["value"] for o in table["fieldConfig"]["overrides"]
+              for prop in o["properties"] if prop["id"] == "mappings"}
+    for label in ("canary_failure", "canary_inconclusive", "not_canaried"):
+        assert any(f'"{label}", "", "reason"' in e for e in exprs), label
+        assert mapped[label][0]["options"], label
+
+
 def test_docs_list_every_panel_and_query() -> None:
     text = (ROOT / "docs" / "dashboards.md").read_text()
     for d in DASHBOARDS.values():
@@ -142,6 +184,8 @@ class TargetResult:
     errors: list[str] = field(default_factory=list)  # status != success, Prometheus' words
     rows: int = 0  # most series returned for any candidate $webhook
     real: bool = False  # the query without its fill returned a non-NaN value for some candidate
+    # $webhook -> what the whole query returned for it: (labels, values) per series
+    answers: dict[str, list[tuple[dict[str, str], list[float]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +195,7 @@ class Measured:
     risk_exposed: bool
     webhooks: list[str]
     seconds: float
+    roles: dict[str, str] = field(default_factory=dict)  # the scenario's role -> its webhook's name
 
 
 _measured: Measured | BaseException | None = None
@@ -188,6 +233,7 @@ def evaluate(prom: Prometheus, webhooks: list[str]) -> Measured:
                         result = envelope["data"]["result"]
                         if full:
                             r.rows = max(r.rows, len(result))
+                            r.answers[hook] = [(series["metric"], _values([series])) for series in result]
                         elif any(not math.isnan(v) for v in _values(result)):
                             r.real = True
                 results.append(r)
@@ -225,6 +271,7 @@ async def _measure(control_plane: Any, kube_api: Any, servers: Any, make_prometh
         await s.traffic(rounds=12, pause_s=0.4)
         await _until(s, prom, started)
         measured = await asyncio.to_thread(evaluate, prom, [h.name for h in s.hooks.values()])
+        measured.roles = {role: h.name for role, h in s.hooks.items()}
         await asyncio.to_thread(prom.stop)
     measured.seconds = time.monotonic() - started
     return measured
@@ -238,6 +285,13 @@ async def _until(s: Scenario, prom: Prometheus, started: float) -> None:
         f'admission_webhook:probe_success:min{{name="{s["no_endpoints"].name}"}} == 0',
         f'admission_webhook_endpoint:tls_certificate_expiry_seconds:min{{name="{s["expiring"].name}"}}',
         f'admission_webhook:ca_bundle_expiry_seconds:min{{name="{s["healthy"].name}"}}',
+        # The canary's every kind of answer (scenario.py): a verdict each way, a failure's reason, an
+        # inconclusive answer, a webhook it does not canary.
+        f'admission_webhook:canary_success:min{{name="{s["healthy"].name}"}} == 1',
+        f'admission_webhook:canary_success:min{{name="{s["broken"].name}"}} == 0',
+        f'admission_webhook_canary_failure_info{{name="{s["broken"].name}"}}',
+        f'admission_webhook_canary_inconclusive_info{{name="{s["risky"].name}"}}',
+        f'admission_webhook_not_canaried_info{{name="{s["fail_open"].name}"}}',
     ]
     while missing := [q for q in ready if not await asyncio.to_thread(prom.query, q)]:
         assert time.monotonic() - started < MEASURE_WITHIN_S, f"no data within {MEASURE_WITHIN_S:g}s for {missing}"
@@ -300,3 +354,40 @@ async def test_variables_list_the_webhooks(make_prometheus: Any, control_plane: 
     for (stem, title), results in m.targets.items():
         print(f"  {stem}/{title}: " + ", ".join(f"{r.ref}={r.rows}{'' if r.real else ' (fill only)'}"
                                                 for r in results))
+
+
+@pytest.mark.controlplane
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings(AIOHTTP_DEPRECATION)
+async def test_detail_canary_table_reads_each_answer(make_prometheus: Any, control_plane: Any, kube_api: Any,
+                                                     servers: Any) -> None:
+    """The Canary table's row for each kind of canary answer the scenario has: the verdict, the reason in its own
+    column (with a hint for it), and a last canary that is recent."""
+    from dashboards.build import FAILURE_HINTS, INCONCLUSIVE_HINTS, NOT_CANARIED_HINTS
+
+    m = await measured(control_plane, kube_api, servers, make_prometheus)
+    columns = {r.ref: r for r in m.targets[("admission-webhook-detail", "Canary")]}
+
+    def row(ref: str, role: str) -> tuple[dict[str, str], list[float]]:
+        answer = columns[ref].answers[m.roles[role]]
+        assert len(answer) == 1, (ref, role, answer)  # one configuration: one row per column
+        return answer[0]
+
+    def label(ref: str, role: str, name: str) -> str:
+        return row(ref, role)[0].get(name, "")
+
+    assert row("A", "healthy")[1] == [1.0] and row("A", "denying")[1] == [1.0]
+    assert row("A", "broken")[1] == [0.0]
+    assert label("B", "broken", "canary_failure") in FAILURE_HINTS
+    assert label("B", "healthy", "canary_failure") == ""
+    assert math.isnan(row("A", "risky")[1][0]), "an inconclusive answer has no verdict"
+    assert label("C", "risky", "canary_inconclusive") == "other_webhook"
+    assert "other_webhook" in INCONCLUSIVE_HINTS
+    assert math.isnan(row("A", "fail_open")[1][0]), "a webhook not canaried has no verdict"
+    assert label("D", "fail_open", "not_canaried") == "failure_policy_ignore"
+    assert "failure_policy_ignore" in NOT_CANARIED_HINTS
+    for role in ("healthy", "broken"):
+        took, ratio, ago = row("E", role)[1][0], row("G", role)[1][0], row("H", role)[1][0]
+        assert took > 0 and 0 < ratio < 1, (role, took, ratio)  # every scenario webhook's timeoutSeconds is 3
+        assert 0 <= ago < MEASURE_WITHIN_S, (role, ago)  # the canary runs every second here

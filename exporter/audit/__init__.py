@@ -2,7 +2,8 @@
 
 Probes say a backend is down now; the audit says, ahead of any outage, what a down backend would take with
 it, for the requests the control plane itself must get through to start and heal: IPAddress and ServiceCIDR
-allocation, node and lease heartbeats, kube-system workloads, the webhook backend's own pods.
+allocation, node and lease heartbeats, kube-system workloads, the webhook backend's own pods; and, where the
+caller says in which namespace the exporter runs, the exporter's own pods.
 
 - `matching`: what a webhook intercepts, decided the way the kube-apiserver does (rules, scope, selectors,
   matchConditions as CEL).
@@ -23,6 +24,7 @@ from .rules import (
     CYCLE,
     FAIL_OPEN,
     FIREWALL_PORT,
+    GATES_EXPORTER,
     KUBE_SYSTEM,
     LONG_TIMEOUT,
     LONG_TIMEOUT_SECONDS,
@@ -42,9 +44,9 @@ from .rules import (
 )
 
 __all__ = [
-    "BOOTSTRAP", "CYCLE", "FAIL_OPEN", "FIREWALL_PORT", "KUBE_SYSTEM", "LONG_TIMEOUT", "LONG_TIMEOUT_SECONDS",
-    "MATCH_CONDITION", "OWN_BACKEND", "PORT_MISSING", "REQUEST_BUDGET_SECONDS", "RULE_IDS", "SERVICE_MISSING",
-    "SEVERITIES", "SIDE_EFFECTS", "SINGLE_ENDPOINT", "TIMEOUT_BUDGET", "VIRTUAL_RESOURCE", "Finding", "Request",
-    "Severity", "at_or_above", "audit", "cycles", "intercepts", "resource_of", "rule_matches",
-    "selector_matches", "to_json", "to_text",
+    "BOOTSTRAP", "CYCLE", "FAIL_OPEN", "FIREWALL_PORT", "GATES_EXPORTER", "KUBE_SYSTEM", "LONG_TIMEOUT",
+    "LONG_TIMEOUT_SECONDS", "MATCH_CONDITION", "OWN_BACKEND", "PORT_MISSING", "REQUEST_BUDGET_SECONDS", "RULE_IDS",
+    "SERVICE_MISSING", "SEVERITIES", "SIDE_EFFECTS", "SINGLE_ENDPOINT", "TIMEOUT_BUDGET", "VIRTUAL_RESOURCE",
+    "Finding", "Request", "Severity", "at_or_above", "audit", "cycles", "intercepts", "resource_of",
+    "rule_matches", "selector_matches", "to_json", "to_text",
 ]

@@ -1,9 +1,9 @@
 """The audit's rules: pure functions from a webhook (or all of them) and the inventory to findings.
 
 Each per-webhook rule asks `matching.intercepts` about the requests a down backend would block (kube-system's
-writes, its own backend's pods, the cluster's bootstrap kinds); the cross-webhook rules find Fail webhooks that
-gate each other's backends (cycles) and chains of webhooks one write may wait on past the apiserver's budget.
-`audit()` runs them all.
+writes, its own backend's pods, the exporter's own pods when the caller says where it runs, the cluster's
+bootstrap kinds); the cross-webhook rules find Fail webhooks that gate each other's backends (cycles) and
+chains of webhooks one write may wait on past the apiserver's budget. `audit()` runs them all.
 """
 
 from __future__ import annotations
@@ -69,13 +69,16 @@ FAIL_OPEN = "fail_open_security_webhook"
 SERVICE_MISSING = "backend_service_not_found"
 PORT_MISSING = "backend_service_port_not_found"
 FIREWALL_PORT = "control_plane_firewall_port"
+GATES_EXPORTER = "fail_policy_gates_exporter"
 
 RULE_IDS: tuple[str, ...] = (KUBE_SYSTEM, OWN_BACKEND, BOOTSTRAP, CYCLE, TIMEOUT_BUDGET, SINGLE_ENDPOINT,
                              LONG_TIMEOUT, SIDE_EFFECTS, VIRTUAL_RESOURCE, MATCH_CONDITION, FAIL_OPEN,
-                             SERVICE_MISSING, PORT_MISSING, FIREWALL_PORT)
+                             SERVICE_MISSING, PORT_MISSING, FIREWALL_PORT, GATES_EXPORTER)
 # The ports a managed control plane reaches the nodes on by default: GKE private clusters' firewall rule admits
 # 443 and 10250 (the kubelet's) from the control plane; EKS node security groups are often built the same way.
 CONTROL_PLANE_PORTS = (443, 10250)
+# The README's namespace exclusion: the label an operator gives the exporter's namespace, for webhooks to skip it.
+EXCLUDE_LABEL = "admission-webhook-exporter.io/exclude"
 
 
 # -- The audit's context ---------------------------------------------------------------------------------
@@ -86,6 +89,7 @@ class AuditContext:
     backends_known: bool  # Services/Namespaces are in the inventory: a missing Service is really missing
     long_timeout_seconds: int = LONG_TIMEOUT_SECONDS
     namespaces: tuple[str, ...] = ()
+    exporter_namespace: str | None = None  # where the exporter itself runs, when the caller knows
 
 
 def _blocked(hook: Webhook, requests: Iterable[Request], ctx: AuditContext) -> tuple[list[Request], str]:
@@ -173,6 +177,29 @@ def rule_own_backend(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
                       f"failurePolicy Fail and it intercepts {_kinds(hits)} in {namespace}, the namespace of its "
                       f"own backend: once the backend is down its pods cannot be recreated{note}",
                       namespace_selector_fix(hook, [namespace]))
+
+
+def rule_gates_exporter(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
+    """Fail and it gates the Pods of the exporter's own namespace: an outage takes down its own monitoring.
+
+    While the backend is down, an exporter Pod that goes away (an eviction, a node drain, a rollout) cannot be
+    recreated, so nothing reports the outage. A warning, not critical: the cluster is no worse for it, and the
+    exporter-down alert still fires. Runs only when the caller knows where the exporter runs.
+    """
+    namespace = ctx.exporter_namespace
+    if hook.failure_policy != "Fail" or namespace is None:
+        return
+    hits, note = _blocked(hook, [Request(PODS, "CREATE", namespace, user=REPLICASET_CONTROLLER)], ctx)
+    if hits:
+        yield Finding(GATES_EXPORTER, "warning", hook.key,
+                      f"failurePolicy Fail and it intercepts pods in {namespace}, the namespace the exporter runs in: "
+                      "while its backend is down the exporter's Pod cannot be recreated (after an eviction, a node "
+                      "drain, a rollout) and the outage's own monitoring goes down with it; the cluster is no worse "
+                      f"for it and AdmissionWebhookExporterDown still fires{note}",
+                      namespace_selector_fix(hook, [namespace])
+                      + "\n# or the README's exclusion, for every webhook at once: kubectl label namespace "
+                      f"{namespace} {EXCLUDE_LABEL}=true, and in each namespaceSelector's matchExpressions "
+                      f'{{key: {EXCLUDE_LABEL}, operator: NotIn, values: ["true"]}}')
 
 
 def bootstrap_requests() -> tuple[Request, ...]:
@@ -438,8 +465,8 @@ def rule_firewall_port(hook: Webhook, ctx: AuditContext) -> Iterator[Finding]:
 
 
 PER_WEBHOOK: tuple[Callable[[Webhook, AuditContext], Iterator[Finding]], ...] = (
-    rule_kube_system, rule_own_backend, rule_bootstrap, rule_single_endpoint, rule_long_timeout, rule_side_effects,
-    rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service, rule_firewall_port)
+    rule_kube_system, rule_own_backend, rule_gates_exporter, rule_bootstrap, rule_single_endpoint, rule_long_timeout,
+    rule_side_effects, rule_virtual_resource, rule_match_conditions, rule_fail_open, rule_service, rule_firewall_port)
 
 
 # -- Rules across webhooks ---------------------------------------------------------------------------------
@@ -669,8 +696,9 @@ def latent_findings(hooks: Sequence[Webhook], ctx: AuditContext) -> Iterator[Fin
 
     A namespaceSelector that matches no namespace now hides the timeout budget (and any rule asking about a
     namespace): add such namespaces and run the cross-webhook rules again. With no Namespace objects (offline
-    manifests) kube-system's and the backends' labels are unknown: give each webhook the labels its selector
-    wants there, and run its per-webhook rules again. Real findings win: `audit()` keeps one per rule.
+    manifests) the labels of kube-system, the backends' and the exporter's namespaces are unknown: give each
+    webhook the labels its selector wants there, and run its per-webhook rules again. Real findings win:
+    `audit()` keeps one per rule.
     """
     extra = new_namespaces(hooks, ctx)
     if extra:
@@ -686,7 +714,8 @@ def latent_findings(hooks: Sequence[Webhook], ctx: AuditContext) -> Iterator[Fin
     for hook in hooks:
         if hook.namespace_selector.is_empty:
             continue
-        for ns in ("kube-system", *filter(None, [_service_namespace(hook)])):
+        asked = ("kube-system", *filter(None, [_service_namespace(hook), ctx.exporter_namespace]))
+        for ns in dict.fromkeys(asked):
             if ns in ctx.inventory.namespaces:
                 continue  # its labels are known
             labels = satisfying_labels(hook.namespace_selector, ns)
@@ -694,7 +723,7 @@ def latent_findings(hooks: Sequence[Webhook], ctx: AuditContext) -> Iterator[Fin
                 continue  # it cannot match there, or it already does
             grown = replace(ctx, inventory=replace(ctx.inventory, namespaces={
                 **ctx.inventory.namespaces, ns: Namespace(ns, tuple(sorted(labels.items())))}))
-            for rule in (rule_kube_system, rule_own_backend):
+            for rule in (rule_kube_system, rule_own_backend, rule_gates_exporter):
                 for f in rule(hook, grown):
                     if ns in f.why:
                         yield _latent(f, f"namespace {ns} is {_describe(labels)} (no Namespace object says "
@@ -709,19 +738,21 @@ def _namespaces(inventory: Inventory) -> tuple[str, ...]:
 
 
 def audit(inventory: Inventory, plans: Sequence[WebhookPlan] | None = None, *,
-          long_timeout_seconds: int = LONG_TIMEOUT_SECONDS, backends_known: bool | None = None
-          ) -> tuple[Finding, ...]:
+          long_timeout_seconds: int = LONG_TIMEOUT_SECONDS, backends_known: bool | None = None,
+          exporter_namespace: str | None = None) -> tuple[Finding, ...]:
     """Every finding for every webhook, most severe first; one finding per (webhook, rule id).
 
     `backends_known` says whether a Service absent from the inventory is absent from the cluster: true for a
     live cluster (its Namespaces are listed) and for manifests that include Services; by default inferred so.
-    Latent findings (`latent_findings`) come last and only where the rule found nothing real.
+    `exporter_namespace`: where the exporter runs (`serve` in a Pod, `--exporter-namespace`); without it the rule
+    on the exporter's own Pods does not run. Latent findings (`latent_findings`) come last and only where the
+    rule found nothing real.
     """
     if backends_known is None:
         backends_known = bool(inventory.namespaces or inventory.services or inventory.endpoint_slices)
     ctx = AuditContext(inventory=inventory, plans={p.key: p for p in (plan(inventory) if plans is None else plans)},
                        backends_known=backends_known, long_timeout_seconds=long_timeout_seconds,
-                       namespaces=_namespaces(inventory))
+                       namespaces=_namespaces(inventory), exporter_namespace=exporter_namespace)
     findings: dict[tuple[WebhookKey, str], Finding] = {}
     for hook in inventory.webhooks:
         for rule in PER_WEBHOOK:

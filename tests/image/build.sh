@@ -252,6 +252,8 @@ if ! fresh "$IMAGES/admission-webhook-exporter.tar" "$want"; then
   new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
   # The previous build's final image is now untagged: drop it (its builder-stage layers stay as build cache).
   [[ -n $old_id && $old_id != "$new_id" ]] && { podman rmi "$old_id" >/dev/null 2>&1 || true; }
+  # Builder stages of earlier sources (~200 MB each) would pile up in the cache with every change: keep a day's.
+  podman image prune -f --filter until=24h >/dev/null 2>&1 || true
   podman save -q --format docker-archive -o "$WORK/image.tar" "$IMAGE" >/dev/null
   mv -f "$WORK/image.tar" "$IMAGES/admission-webhook-exporter.tar"
   echo "$want" >"$IMAGES/admission-webhook-exporter.tar.stamp"

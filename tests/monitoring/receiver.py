@@ -77,10 +77,11 @@ class Receiver:
                 if status is None or a.get("status") == status]
 
     def wait_for_alert(self, predicate: Callable[[dict[str, Any]], bool], *, status: str, timeout_s: float,
-                       what: str) -> tuple[float, dict[str, Any]]:
-        """The first alert with ``status`` matching ``predicate``: (received at, alert)."""
+                       what: str, since: float = 0.0) -> tuple[float, dict[str, Any]]:
+        """The first alert with ``status`` matching ``predicate`` received at ``since`` or later (the receiver
+        keeps every notification of the session: an earlier test's page must not count): (received at, alert)."""
         def found() -> tuple[float, dict[str, Any]] | None:
-            return next(((t, a) for t, a in self.alerts(status) if predicate(a)), None)
+            return next(((t, a) for t, a in self.alerts(status) if t >= since and predicate(a)), None)
 
         result: tuple[float, dict[str, Any]] = eventually(
             found, timeout_s=timeout_s, what=what, every_s=1.0,

@@ -288,7 +288,7 @@ def test_2_a_fail_webhook_without_endpoints_pages_through_alertmanager_and_resol
     scale(env, 0)
     _, page = env.receiver.wait_for_alert(
         lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels), status="firing",
-        timeout_s=WITHIN_S, what="AdmissionWebhookNoReadyEndpoints at the receiver")
+        timeout_s=WITHIN_S, what="AdmissionWebhookNoReadyEndpoints at the receiver", since=t0)
     env.figures["scaled to 0 -> page at the receiver (s)"] = time.monotonic() - m0
     assert page["labels"]["severity"] == "critical", page
     runbook = page["annotations"]["runbook_url"]
@@ -298,10 +298,11 @@ def test_2_a_fail_webhook_without_endpoints_pages_through_alertmanager_and_resol
     assert page["startsAt"] >= time.strftime("%Y-%m-%dT%H:%M", time.gmtime(t0 - 60)), page
 
     # Scale back: resolved.
-    m1 = time.monotonic()
+    t1, m1 = time.time(), time.monotonic()
     scale(env, 1)
     env.receiver.wait_for_alert(lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels),
-                                status="resolved", timeout_s=WITHIN_S, what="the page resolved at the receiver")
+                                status="resolved", timeout_s=WITHIN_S, what="the page resolved at the receiver",
+                                since=t1)
     env.figures["scaled back -> resolved at the receiver (s)"] = time.monotonic() - m1
     print({k: round(v, 1) for k, v in env.figures.items() if "(s)" in k and "at (s)" not in k})
 
@@ -485,7 +486,7 @@ def test_5_two_replicas_one_alert_and_an_upgrade_loses_no_rule_and_no_target(env
     scale(env, 0)
     try:
         env.receiver.wait_for_alert(lambda a: about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels),
-                                    status="firing", timeout_s=WITHIN_S, what="the page with two replicas")
+                                    status="firing", timeout_s=WITHIN_S, what="the page with two replicas", since=t0)
         time.sleep(SCRAPE_S)  # another evaluation: a second alert, if any, would be there by now
         pages = {json.dumps(a["labels"], sort_keys=True) for t, a in env.receiver.alerts("firing")
                  if t >= t0 and about(a, "AdmissionWebhookNoReadyEndpoints", **guard.labels)}
