@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -62,7 +61,7 @@ import pytest
 import yaml
 
 from tests.controlplane.harness import _spawn as spawn  # one launcher thread for every test child process
-from tests.controlplane.harness import free_port
+from tests.controlplane.harness import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RULES_DIR = ROOT / "alerts" / "rules"
@@ -410,13 +409,7 @@ class Prometheus(PrometheusApi):
     def _terminate(self) -> None:
         """SIGTERM by PID, wait up to STOP_TIMEOUT_S, then SIGKILL; always reaps and closes the log."""
         p, self._popen = self._popen, None
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(STOP_TIMEOUT_S)
+        stop_process(p, STOP_TIMEOUT_S)
         if self._log is not None:
             self._log.close()
             self._log = None
