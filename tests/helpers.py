@@ -1,15 +1,18 @@
-"""Small helpers every test module shares: inventories from factories, bounded polling, unique names, and a
-clock that moves only when the test says so."""
+"""Small helpers every test module shares: inventories from factories, bounded polling, unique names, a clock
+that moves only when the test says so, and the skip (or, in CI, failure) of a test whose machinery is missing."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
 import itertools
+import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.model import Inventory
@@ -28,6 +31,15 @@ def only_plan(*objects: dict[str, Any]) -> WebhookPlan:
     plans = plans_of(*objects)
     assert len(plans) == 1, plans
     return plans[0]
+
+
+def unavailable(what: str, reason: str, require_env: str) -> NoReturn:
+    """Skip a test whose machinery cannot run here, or fail it when ``require_env`` is 1 (CI sets it, so that a
+    broken install cannot turn a suite into silent skips)."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{what} unavailable but {require_env}=1: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable: {reason}")
+    raise AssertionError("unreachable")
 
 
 def uid() -> str:

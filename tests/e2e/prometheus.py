@@ -55,13 +55,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import pytest
 import yaml
 
 from tests.controlplane.harness import _spawn as spawn  # one launcher thread for every test child process
 from tests.controlplane.harness import free_port, stop_process
+from tests.helpers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RULES_DIR = ROOT / "alerts" / "rules"
@@ -444,14 +445,6 @@ class Prometheus(PrometheusApi):
             raise PrometheusError(f"{e}; targets: {errors}") from e
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip (or, with AWE_REQUIRE_PROMTOOL=1, fail) a test that needs Prometheus."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"prometheus unavailable but {REQUIRE_ENV}=1: {reason}", pytrace=False)
-    pytest.skip(f"prometheus unavailable: {reason}")
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture
 def make_prometheus() -> Iterator[Callable[..., Prometheus]]:
     """Factory for started ``Prometheus`` servers (kwargs go to ``Prometheus``), all stopped after the test.
@@ -462,7 +455,7 @@ def make_prometheus() -> Iterator[Callable[..., Prometheus]]:
     try:
         find_prometheus()
     except PrometheusUnavailable as e:
-        unavailable(e.reason)
+        unavailable("prometheus", e.reason, REQUIRE_ENV)
     started: list[Prometheus] = []
 
     def make(**kwargs: Any) -> Prometheus:

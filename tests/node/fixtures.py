@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+
+from tests.helpers import unavailable
 
 from .harness import LOCK_TIMEOUT_S, NodeCluster, NodeError, NodeUnavailable, images_dir
 
@@ -28,13 +28,6 @@ NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
 #: node (and may build the image, when its sources changed), and on a shared machine may first wait up to
 #: LOCK_TIMEOUT_S for another session's node to stop
 NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 900)
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get(NODE_REQUIRE_ENV) == "1":
-        pytest.fail(f"test node unavailable but {NODE_REQUIRE_ENV}=1: {reason}", pytrace=False)
-    pytest.skip(f"test node unavailable: {reason}")
-    raise AssertionError("unreachable")
 
 
 _shared: NodeCluster | None = None
@@ -58,7 +51,7 @@ def node_cluster() -> Iterator[NodeCluster]:
             node = NodeCluster()
             node.start()
         except NodeUnavailable as e:
-            _unavailable(e.reason)
+            unavailable("test node", e.reason, NODE_REQUIRE_ENV)
         except NodeError as e:
             pytest.fail(f"test node failed to start: {e}", pytrace=False)
         _shared = node
@@ -85,7 +78,7 @@ def node_image(node_cluster: NodeCluster) -> Callable[[str], list[str]]:
             try:
                 _loaded[name] = node_cluster.load_image(archive)
             except NodeUnavailable as e:
-                _unavailable(e.reason)
+                unavailable("test node", e.reason, NODE_REQUIRE_ENV)
         return _loaded[name]
 
     return load
