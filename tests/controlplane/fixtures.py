@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import unavailable
+from tests.helpers import SessionShared, unavailable
 
 from .harness import ControlPlane, ControlPlaneError, ControlPlaneUnavailable
 from .netns import NetNamespace, NetnsUnavailable
@@ -67,15 +67,14 @@ def control_plane_users() -> Mapping[str, Sequence[str]]:
 
 # The shared instance lives at module level, so that importing these fixtures in more than one
 # place (tests/conftest.py and a test module) still starts ONE control plane per session.
-_shared: ControlPlane | None = None
-_refs = 0
+_shared: SessionShared[ControlPlane] = SessionShared()
 
 
 @pytest.fixture(scope="session")
 def control_plane(control_plane_users: Mapping[str, Sequence[str]]) -> Iterator[ControlPlane]:
     """The session's running control plane (kubeconfig_path, server_url, admin_token, ...)."""
-    global _shared, _refs
-    if _shared is None:
+
+    def start() -> ControlPlane:
         try:
             cp = ControlPlane()
             for user, groups in control_plane_users.items():
@@ -85,15 +84,10 @@ def control_plane(control_plane_users: Mapping[str, Sequence[str]]) -> Iterator[
             unavailable("kube-apiserver/etcd", e.reason, REQUIRE_ENV)
         except ControlPlaneError as e:
             pytest.fail(f"control plane failed to start: {e}", pytrace=False)
-        _shared = cp
-    _refs += 1
-    try:
-        yield _shared
-    finally:
-        _refs -= 1
-        if _refs == 0 and _shared is not None:
-            _shared.stop()
-            _shared = None
+        return cp
+
+    with _shared.use(start, ControlPlane.stop) as cp:
+        yield cp
 
 
 @pytest.fixture
