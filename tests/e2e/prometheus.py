@@ -410,10 +410,8 @@ class Prometheus(PrometheusApi):
     def _terminate(self) -> None:
         """SIGTERM by PID, wait up to STOP_TIMEOUT_S, then SIGKILL; always reaps and closes the log."""
         p, self._popen = self._popen, None
-        stop_process(p, STOP_TIMEOUT_S)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        stop_process(p, STOP_TIMEOUT_S, log=self._log)
+        self._log = None
 
     def stop(self) -> None:
         """Stop the process and remove its directory (the last log lines stay in ``log_tail()``)."""

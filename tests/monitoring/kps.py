@@ -213,10 +213,8 @@ class Stack:
 
     def stop_operator_process(self) -> None:
         p, self._operator = self._operator, None
-        stop_process(p, STOP_TIMEOUT_S)
-        if self._operator_log is not None:
-            self._operator_log.close()
-            self._operator_log = None
+        stop_process(p, STOP_TIMEOUT_S, log=self._operator_log)
+        self._operator_log = None
 
     def close(self) -> None:
         self.uninstall()
