@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from exporter.pki import CertificateAuthority, ServingCertificate
 from tests.controlplane.fixtures import *  # noqa: F403  (control_plane, kube_api, netns_host, ...)
 from tests.kube import Kube, LiveExporter
 from tests.node.fixtures import *  # noqa: F403  (node_cluster, node_image)
-from tests.servers import Handler, RawServer
+from tests.servers import BlockingTLSServer, Handler, RawServer
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,24 @@ async def servers() -> AsyncIterator[Servers]:
     s = Servers()
     yield s
     await s.close()
+
+
+StartBlockingTLS = Callable[[ssl.SSLContext], BlockingTLSServer]
+
+
+@pytest.fixture
+def blocking_tls() -> Iterator[StartBlockingTLS]:
+    """Starts `BlockingTLSServer`s (OpenSSL's server side) with a given context; stops each at teardown."""
+    started: list[BlockingTLSServer] = []
+
+    def start(context: ssl.SSLContext) -> BlockingTLSServer:
+        server = BlockingTLSServer(context).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -1,15 +1,19 @@
-"""Small helpers every test module shares: inventories from factories, bounded polling, unique names, and a
-clock that moves only when the test says so."""
+"""Small helpers every test module shares: inventories from factories, bounded polling, unique names, a clock
+that moves only when the test says so, and the skip (or, in CI, failure) of a test whose machinery is missing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import os
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, NoReturn, TypeVar
+
+import pytest
 
 from exporter.inventory import SourcedObject, build_inventory
 from exporter.model import Inventory
@@ -28,6 +32,40 @@ def only_plan(*objects: dict[str, Any]) -> WebhookPlan:
     plans = plans_of(*objects)
     assert len(plans) == 1, plans
     return plans[0]
+
+
+def unavailable(what: str, reason: str, require_env: str) -> NoReturn:
+    """Skip a test whose machinery cannot run here, or fail it when ``require_env`` is 1 (CI sets it, so that a
+    broken install cannot turn a suite into silent skips)."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{what} unavailable but {require_env}=1: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable: {reason}")
+    raise AssertionError("unreachable")
+
+
+T = TypeVar("T")
+
+
+class SessionShared(Generic[T]):
+    """One instance for a session-scoped fixture however many modules import it (pytest sets the fixture up once
+    per importing module): the first use starts it, the end of the last use stops it."""
+
+    def __init__(self) -> None:
+        self.instance: T | None = None
+        self._users = 0
+
+    @contextlib.contextmanager
+    def use(self, start: Callable[[], T], stop: Callable[[T], None]) -> Iterator[T]:
+        if self.instance is None:
+            self.instance = start()
+        self._users += 1
+        try:
+            yield self.instance
+        finally:
+            self._users -= 1
+            if self._users == 0 and self.instance is not None:
+                stop(self.instance)
+                self.instance = None
 
 
 def uid() -> str:

@@ -45,7 +45,7 @@ from tests.controlplane.fixtures import REQUIRE_ENV
 from tests.controlplane.harness import ControlPlane, ControlPlaneError, ControlPlaneUnavailable
 from tests.e2e import prometheus as e2e_prometheus
 from tests.e2e.prometheus import Prometheus
-from tests.helpers import eventually, uid
+from tests.helpers import eventually, uid, unavailable
 from tests.kube import Kube
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -61,15 +61,11 @@ HOOK_TIMEOUT_S = 2
 @pytest.fixture(scope="module")
 def canary_cp() -> Iterator[ControlPlane]:
     """This module's control plane: url webhooks through the egress proxy (so it can refuse them), audit log."""
-    import os
-
     try:
         cp = ControlPlane(proxy_url_webhooks=True, audit_log=True)
         cp.start()
     except ControlPlaneUnavailable as e:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"kube-apiserver/etcd unavailable but {REQUIRE_ENV}=1: {e.reason}", pytrace=False)
-        pytest.skip(f"kube-apiserver/etcd unavailable: {e.reason}")
+        unavailable("kube-apiserver/etcd", e.reason, REQUIRE_ENV)
     except ControlPlaneError as e:
         pytest.fail(f"control plane failed to start: {e}", pytrace=False)
     try:

@@ -4,38 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.backend import Behaviour
 from exporter.cli import main
 from exporter.pki import CertificateAuthority
 from tests import factories as f
+from tests.cli import listening, ok_and_bad_webhook, run, write
 from tests.conftest import Servers
 from tests.servers import free_port, never_speak
-
-EXE = [sys.executable, "-m", "exporter"]
-
-
-def write(path: Path, *objects: dict[str, object]) -> Path:
-    path.write_text(yaml.safe_dump_all(list(objects)))
-    return path
-
-
-async def run(*args: str, limit: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*EXE, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), limit)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_check_exit_status_follows_fail_policy(tmp_path: Path, servers: Servers, ca: CertificateAuthority,
@@ -66,9 +49,7 @@ async def test_check_exit_status_follows_fail_policy(tmp_path: Path, servers: Se
 async def test_bad_object_is_skipped_and_the_rest_probed(tmp_path: Path, servers: Servers,
                                                          ca: CertificateAuthority, loopback_cert) -> None:
     ok = await servers.backend(loopback_cert)
-    path = write(tmp_path / "m.yaml", f.configuration(
-        "cfg", f.webhook("ok.example.com", f.url_client(ok.port, ca.ca_bundle)),
-        f.webhook("bad.example.com", f.url_client(ok.port, ca.ca_bundle), timeoutSeconds=99)))
+    path = write(tmp_path / "m.yaml", ok_and_bad_webhook(ok.port, ca.ca_bundle))
     code, out, err = await run("check", "--manifests", str(path))
     assert code == 1  # what was skipped was not checked: the gate fails
     assert "ok.example.com" in out and "bad.example.com" not in out
@@ -119,17 +100,12 @@ async def test_serve_exposes_verdicts_keeps_serving_while_backends_hang_and_stop
         "cfg", f.webhook("ok.example.com", f.url_client(ok.port, ca.ca_bundle)),
         f.webhook("slow.example.com", f.url_client(slow.port, ca.ca_bundle), timeout=3),
         f.webhook("mute.example.com", f.url_client(mute.port, ca.ca_bundle), timeout=3)))
-    proc = await asyncio.create_subprocess_exec(
-        *EXE, "serve", "--manifests", str(path), "--listen-address", "127.0.0.1:0", "--probe-interval", "1",
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    async with listening("serve", "--manifests", str(path), "--listen-address", "127.0.0.1:0", "--probe-interval",
+                         "1", line_within=10) as (proc, line):
         assert proc.stderr is not None
-        port = None
-        while port is None:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 10)).decode()
-            assert line, "exporter exited before listening"
-            if m := re.search(r"event=listening address=127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
+        m = re.search(r"event=listening address=127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        port = int(m.group(1))
         drain = asyncio.create_task(proc.stderr.read())
         async with aiohttp.ClientSession() as session:
             status, _ = await scrape(session, port, "/healthz")
@@ -159,10 +135,6 @@ async def test_serve_exposes_verdicts_keeps_serving_while_backends_hang_and_stop
         assert time.monotonic() - started < 5
         log = (await drain).decode()
         assert "event=stopping" in log and "Traceback" not in log
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_demo_runs_on_a_fresh_machine() -> None:

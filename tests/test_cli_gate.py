@@ -4,48 +4,30 @@ certificate's expiry it shows."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from exporter.cli import load_inventory, main
 from exporter.pki import CertificateAuthority
 from tests import factories as f
+from tests.cli import listening, ok_and_bad_webhook, run, write
 from tests.conftest import Servers
 from tests.helpers import inventory_of
 
-EXE = [sys.executable, "-m", "exporter"]
 Capture = pytest.CaptureFixture[str]
 INVALID_OBJECTS = "admission_webhook_exporter_inventory_invalid_objects"
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    """In a process of its own: for tests whose backends run on this test's event loop."""
-    proc = await asyncio.create_subprocess_exec(*EXE, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def run_here(capsys: Capture, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def write(path: Path, *objects: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump_all(list(objects)))
-    return path
 
 
 def every_webhook_invalid() -> dict[str, Any]:
@@ -109,9 +91,7 @@ def test_audit_fail_on_never_still_fails_on_nothing_audited(nothing_to_check: di
 async def test_skipped_objects_fail_the_gate_and_are_listed_in_json(tmp_path: Path, servers: Servers,
                                                                      ca: CertificateAuthority, loopback_cert) -> None:
     ok = await servers.backend(loopback_cert)
-    path = write(tmp_path / "m.yaml", f.configuration(
-        "cfg", f.webhook("ok.example.com", f.url_client(ok.port, ca.ca_bundle)),
-        f.webhook("bad.example.com", f.url_client(ok.port, ca.ca_bundle), timeoutSeconds=99)))
+    path = write(tmp_path / "m.yaml", ok_and_bad_webhook(ok.port, ca.ca_bundle))
     for command in ("check", "audit"):
         code, out, err = await run(command, "--manifests", str(path), "--output", "json")
         assert code == 1, (command, err)
@@ -178,24 +158,14 @@ def test_a_configuration_with_several_skipped_webhooks_is_one_invalid_object() -
 async def test_invalid_objects_metric_counts_objects(tmp_path: Path) -> None:
     """Through `serve` and /metrics, as Prometheus reads it: one configuration with three skipped webhooks."""
     path = write(tmp_path / "m.yaml", every_webhook_invalid())
-    proc = await asyncio.create_subprocess_exec(*EXE, "serve", "--manifests", str(path), "--listen-address",
-                                                "127.0.0.1:0", stderr=asyncio.subprocess.PIPE,
-                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-            assert line, "exited before listening"
-            if m := re.search(r"event=listening address=127\.0\.0\.1:(\d+)", line):
-                break
+    async with listening("serve", "--manifests", str(path), "--listen-address", "127.0.0.1:0") as (_, line):
+        m = re.search(r"event=listening address=127\.0\.0\.1:(\d+)", line)
+        assert m, line
         async with aiohttp.ClientSession() as session, \
                 session.get(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
             text = await r.text()
         assert re.search(rf"^{INVALID_OBJECTS} 1\.0$", text, re.M), [
             line for line in text.splitlines() if INVALID_OBJECTS in line]
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 def test_a_configuration_defined_twice_is_used_whole_from_its_last_definition(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,8 @@ import yaml
 from exporter import cli, targets
 from exporter.cli import Bounded, build_parser, main
 from tests import factories as f
+from tests.cli import EXE, listening
 
-EXE = [sys.executable, "-m", "exporter"]
 # Values no numeric flag may take: non-finite, zero, negative, absurdly small or huge, not a number at all.
 REFUSED = ["inf", "-inf", "Infinity", "nan", "0", "-1", "1e-9", "0.0001", "1e400", "1e12", "99999999", "abc", "",
            "1,5"]
@@ -147,22 +146,10 @@ def test_cannot_listen_names_the_address_as_the_flag_takes_it(tmp_path: Path,
 
 async def _listening_line(*argv: str) -> str:
     """Start the exporter, return its `listening` log line, stop it with SIGTERM."""
-    proc = await asyncio.create_subprocess_exec(*EXE, *argv, stderr=asyncio.subprocess.PIPE,
-                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-            assert line, "exited before listening"
-            if "event=listening" in line:
-                break
+    async with listening(*argv) as (proc, line):
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         return line
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_listen_addresses_are_logged_as_the_flag_takes_them(tmp_path: Path) -> None:

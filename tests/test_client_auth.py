@@ -13,7 +13,6 @@ import base64
 import datetime as dt
 import re
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from exporter.probe import probe
 from exporter.reasons import Reason, recognise
 from exporter.targets import Target
 from tests import factories as f
+from tests.conftest import StartBlockingTLS
 from tests.helpers import only_plan, plans_of
-from tests.servers import BlockingTLSServer
 
 TLS13, TLS12 = ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2
 
@@ -51,20 +50,6 @@ def requiring(serving: ServingCertificate, client_ca: CertificateAuthority, vers
     return ctx
 
 
-@pytest.fixture
-def blocking() -> Iterator[list[BlockingTLSServer]]:
-    started: list[BlockingTLSServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def start(started: list[BlockingTLSServer], ctx: ssl.SSLContext) -> BlockingTLSServer:
-    server = BlockingTLSServer(ctx).start()
-    started.append(server)
-    return server
-
-
 def target(port: int, ca: CertificateAuthority, *, side_effects: str = "None") -> Target:
     hook = f.webhook("auth.example.com", f.url_client(port, ca.ca_bundle), side_effects=side_effects, timeout=5)
     (t,) = only_plan(f.configuration("authenticated", hook)).targets
@@ -80,11 +65,11 @@ def recognised_as(detail: str) -> Reason | None:
 @pytest.mark.parametrize("version", [TLS13, TLS12], ids=["tls1.3", "tls1.2"])
 @pytest.mark.parametrize("side_effects", ["None", "Some"], ids=["review", "handshake-only"])
 async def test_a_backend_requiring_a_client_certificate_is_client_auth_required(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority, version: ssl.TLSVersion, side_effects: str) -> None:
     """Before: TLS 1.3 `http_error` ("connection closed before a full response"), TLS 1.2 `tls_handshake`,
     handshake-only `up`; all but the last paged under Fail."""
-    server = start(blocking, requiring(loopback_cert, client_ca, version))
+    server = blocking_tls(requiring(loopback_cert, client_ca, version))
     result = await probe(target(server.port, ca, side_effects=side_effects))
     assert (result.success, result.reason) == (False, Reason.CLIENT_AUTH_REQUIRED), result.detail
     assert "client certificate" in result.detail and recognised_as(result.detail) is Reason.CLIENT_AUTH_REQUIRED
@@ -94,9 +79,9 @@ async def test_a_backend_requiring_a_client_certificate_is_client_auth_required(
 
 
 async def test_the_certificate_required_alert_is_read_where_the_server_sends_one(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority) -> None:
-    server = start(blocking, requiring(loopback_cert, client_ca, TLS13))
+    server = blocking_tls(requiring(loopback_cert, client_ca, TLS13))
     result = await probe(target(server.port, ca, side_effects="Some"))
     assert result.detail.startswith("remote error: tls: certificate required: the backend requires a TLS client "
                                     "certificate"), result.detail
@@ -119,22 +104,22 @@ async def test_a_server_that_hangs_up_without_the_alert_is_still_recognised(
 
 @pytest.mark.parametrize("version", [TLS13, TLS12], ids=["tls1.3", "tls1.2"])
 async def test_a_served_chain_problem_wins_over_client_auth(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, client_ca: CertificateAuthority,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, client_ca: CertificateAuthority,
         version: ssl.TLSVersion) -> None:
     """The certificate the backend serves is judged first, as the apiserver's handshake judges it first."""
     wrong_name = ca.issue(["other.example.com"])
-    server = start(blocking, requiring(wrong_name, client_ca, version))
+    server = blocking_tls(requiring(wrong_name, client_ca, version))
     result = await probe(target(server.port, ca))
     assert result.reason is Reason.X509_HOSTNAME_MISMATCH, result.detail
     assert result.cert_not_after == pytest.approx(wrong_name.cert.not_valid_after_utc.timestamp())
 
 
 async def test_a_server_that_only_asks_for_a_certificate_is_up(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority) -> None:
     ctx = requiring(loopback_cert, client_ca, TLS13)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    server = start(blocking, ctx)
+    server = blocking_tls(ctx)
     for side_effects in ("None", "Some"):
         result = await probe(target(server.port, ca, side_effects=side_effects))
         assert (result.success, result.reason) == (True, None), result.detail
@@ -154,10 +139,10 @@ def files(tmp_path: Path, cert: ServingCertificate, stem: str = "apiserver-clien
 
 @pytest.mark.parametrize("version", [TLS13, TLS12], ids=["tls1.3", "tls1.2"])
 async def test_with_the_apiservers_kubeconfigfile_the_probe_presents_its_certificate(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority, apiserver_client: ServingCertificate, tmp_path: Path,
         version: ssl.TLSVersion) -> None:
-    server = start(blocking, requiring(loopback_cert, client_ca, version))
+    server = blocking_tls(requiring(loopback_cert, client_ca, version))
     credentials = WebhookClientConfig.load(kubeconfig(tmp_path / "kubeconfig", {
         f"127.0.0.1:{server.port}": {**files(tmp_path, apiserver_client), "token": "t0k3n"},
         "*": {"token": "someone else"}}))
@@ -167,11 +152,11 @@ async def test_with_the_apiservers_kubeconfigfile_the_probe_presents_its_certifi
 
 
 async def test_a_refused_client_certificate_is_a_real_failure(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority, tmp_path: Path) -> None:
     stranger = CertificateAuthority.create("not the backend's client CA").issue([], common_name="x", server=False,
                                                                                  client=True)
-    server = start(blocking, requiring(loopback_cert, client_ca, TLS13))
+    server = blocking_tls(requiring(loopback_cert, client_ca, TLS13))
     credentials = WebhookClientConfig.load(kubeconfig(tmp_path / "kubeconfig", {"*": files(tmp_path, stranger)}))
     result = await probe(target(server.port, ca, side_effects="Some"), credentials=credentials)
     assert result.reason is Reason.TLS_HANDSHAKE, result.detail
@@ -179,9 +164,9 @@ async def test_a_refused_client_certificate_is_a_real_failure(
 
 
 async def test_a_renewed_certificate_is_presented_without_a_restart(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority, tmp_path: Path) -> None:
-    server = start(blocking, requiring(loopback_cert, client_ca, TLS13))
+    server = blocking_tls(requiring(loopback_cert, client_ca, TLS13))
     old = client_ca.issue([], common_name="before-rotation", server=False, client=True)
     credentials = WebhookClientConfig.load(kubeconfig(tmp_path / "kubeconfig", {"*": files(tmp_path, old)}))
     assert (await probe(target(server.port, ca), credentials=credentials)).success
@@ -275,14 +260,14 @@ def test_an_unusable_file_is_one_line(tmp_path: Path, text: str, problem: str) -
 
 # -- Through the command line ---------------------------------------------------------------------------------
 async def test_check_takes_the_file_and_does_not_fail_on_client_auth_required(
-        blocking: list[BlockingTLSServer], ca: CertificateAuthority, loopback_cert: ServingCertificate,
+        blocking_tls: StartBlockingTLS, ca: CertificateAuthority, loopback_cert: ServingCertificate,
         client_ca: CertificateAuthority, apiserver_client: ServingCertificate, tmp_path: Path) -> None:
     """Before: `check` said `down` and failed the gate for a Fail webhook whose backend wants a client certificate."""
     import json
 
     from tests.test_audit import run_cli
 
-    server = start(blocking, requiring(loopback_cert, client_ca, TLS13))
+    server = blocking_tls(requiring(loopback_cert, client_ca, TLS13))
     manifests = tmp_path / "hooks.yaml"
     manifests.write_text(yaml.safe_dump(f.configuration("authenticated", f.webhook(
         "auth.example.com", f.url_client(server.port, ca.ca_bundle), timeout=5))))

@@ -14,7 +14,6 @@ import socket
 import ssl
 import struct
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from exporter.backend import LoopbackServer, read_request, respond, server_conte
 from exporter.pki import CertificateAuthority
 from exporter.probe import probe
 from tests import factories as f
+from tests.conftest import StartBlockingTLS
 from tests.helpers import only_plan
-from tests.servers import BlockingTLSServer, free_port, plain_http
+from tests.servers import free_port, plain_http
 from tests.test_audit import run_cli
 from tests.test_explain import call, shell
 
@@ -147,14 +147,6 @@ def answering(head: dict[str, str]) -> Any:
     return answer
 
 
-@pytest.fixture
-def blocking() -> Iterator[list[BlockingTLSServer]]:
-    started: list[BlockingTLSServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 @pytest.mark.parametrize(("backend", "diagnosis", "reason", "probe_reason"), [
     ("plain_http", "plain_http", "tls_handshake", "tls_handshake"),
     ("client_cert", "client_auth_required", "client_auth_required", "client_auth_required"),
@@ -163,7 +155,7 @@ def blocking() -> Iterator[list[BlockingTLSServer]]:
     ("reset", "connection_reset", "tls_handshake", "tls_handshake"),
 ])
 async def test_the_apiservers_words_are_explained_as_the_probe_reports_them(
-        kube_api: Any, blocking: list[BlockingTLSServer], backend: str, diagnosis: str, reason: str,
+        kube_api: Any, blocking_tls: StartBlockingTLS, backend: str, diagnosis: str, reason: str,
         probe_reason: str | None) -> None:
     from kubernetes import client
 
@@ -175,9 +167,7 @@ async def test_the_apiservers_words_are_explained_as_the_probe_reports_them(
     if backend == "client_cert":  # OpenSSL's server side: it sends `certificate required`, as Go's does
         ctx = server_context(serving, client_ca=CertificateAuthority.create("clients"))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        server = BlockingTLSServer(ctx).start()
-        blocking.append(server)
-        port = server.port
+        port = blocking_tls(ctx).port
     else:
         handler, tls = {
             "plain_http": (plain_http, None), "reset": (resetting, None),

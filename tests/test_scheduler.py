@@ -88,45 +88,44 @@ async def advance_to_next(clock: ManualClock, scheduler: ProbeScheduler, dues: d
     dues.setdefault(key, [due[key]]).append(scheduler.due()[key])
 
 
-async def test_targets_added_together_are_spread_over_the_interval_then_probed_once_per_interval(
-        servers: Servers, ca: CertificateAuthority, loopback_cert: ServingCertificate) -> None:
-    """A thousand endpoints adopted at once must not probe in one burst per interval: their slots are spread."""
-    clock, names = ManualClock(), [f"s{i}.example.com" for i in range(4)]
-    plans = hooks(await backend(servers, loopback_cert), ca, *names)
+async def four_targets_for_four_rounds(port: int, ca: CertificateAuthority, prefix: str, jitter: float
+                                      ) -> tuple[list[float], list[list[float]]]:
+    """Four targets (``<prefix><i>.example.com``) adopted at once by a scheduler (interval 10 s, ``jitter``) on a
+    manual clock, which moves to each next due probe for three more rounds: each target's first slot, and every
+    slot it was given."""
+    clock, names = ManualClock(), [f"{prefix}{i}.example.com" for i in range(4)]
+    plans = hooks(port, ca, *names)
     keys = [key_of(plans, n) for n in names]
-    scheduler = ProbeScheduler(results=ResultStore(), interval=10.0, jitter=0.0, clock=clock.now, sleep=clock.sleep)
+    scheduler = ProbeScheduler(results=ResultStore(), interval=10.0, jitter=jitter, clock=clock.now,
+                               sleep=clock.sleep)
     dues: dict[TargetKey, list[float]] = {}
     try:
         scheduler.update(plans)
         await eventually(lambda: len(scheduler.due()) == 4, WITHIN, "first round, all at once")
-        assert [scheduler.due()[k] for k in keys] == [10.0, 12.5, 15.0, 17.5]
-        for _ in range(3 * len(keys)):
-            await advance_to_next(clock, scheduler, dues)
-    finally:
-        await scheduler.close()
-    assert [dues[k] for k in keys] == [[at + 10.0 * r for r in range(4)] for at in (10.0, 12.5, 15.0, 17.5)]
-
-
-async def test_jitter_shifts_each_grid_once_and_every_gap_stays_one_interval(
-        servers: Servers, ca: CertificateAuthority, loopback_cert: ServingCertificate) -> None:
-    clock, names = ManualClock(), [f"j{i}.example.com" for i in range(4)]
-    plans = hooks(await backend(servers, loopback_cert), ca, *names)
-    keys = [key_of(plans, n) for n in names]
-    scheduler = ProbeScheduler(results=ResultStore(), interval=10.0, jitter=0.1, clock=clock.now, sleep=clock.sleep)
-    dues: dict[TargetKey, list[float]] = {}
-    try:
-        scheduler.update(plans)
-        await eventually(lambda: len(scheduler.due()) == 4, WITHIN, "first round")
         first = [scheduler.due()[k] for k in keys]
         for _ in range(3 * len(keys)):
             await advance_to_next(clock, scheduler, dues)
     finally:
         await scheduler.close()
+    return first, [dues[k] for k in keys]
+
+
+async def test_targets_added_together_are_spread_over_the_interval_then_probed_once_per_interval(
+        servers: Servers, ca: CertificateAuthority, loopback_cert: ServingCertificate) -> None:
+    """A thousand endpoints adopted at once must not probe in one burst per interval: their slots are spread."""
+    first, slots = await four_targets_for_four_rounds(await backend(servers, loopback_cert), ca, "s", jitter=0.0)
+    assert first == [10.0, 12.5, 15.0, 17.5]
+    assert slots == [[at + 10.0 * r for r in range(4)] for at in (10.0, 12.5, 15.0, 17.5)]
+
+
+async def test_jitter_shifts_each_grid_once_and_every_gap_stays_one_interval(
+        servers: Servers, ca: CertificateAuthority, loopback_cert: ServingCertificate) -> None:
+    first, slots = await four_targets_for_four_rounds(await backend(servers, loopback_cert), ca, "j", jitter=0.1)
     for i, at in enumerate(first):
         assert 10.0 + 2.5 * i <= at <= 10.0 + 2.5 * i + 1.0, (i, at)  # spread, shifted by at most 10%
     assert len(set(first)) == 4
-    for key in keys:
-        assert all(b - a == pytest.approx(10.0) for a, b in itertools.pairwise(dues[key])), dues[key]
+    for given in slots:
+        assert all(b - a == pytest.approx(10.0) for a, b in itertools.pairwise(given)), given
 
 
 async def test_a_probe_that_overruns_its_slots_skips_them(

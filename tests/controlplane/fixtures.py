@@ -17,11 +17,12 @@ Why these shapes:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
+
+from tests.helpers import SessionShared, unavailable
 
 from .harness import ControlPlane, ControlPlaneError, ControlPlaneUnavailable
 from .netns import NetNamespace, NetnsUnavailable
@@ -42,13 +43,6 @@ EXPORTER_USER = "awe-exporter"
 EXPORTER_GROUP = "awe:exporters"
 
 REQUIRE_ENV = "AWE_REQUIRE_CONTROL_PLANE"
-
-
-def _unavailable(what: str, reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{what} unavailable but {REQUIRE_ENV}=1: {reason}", pytrace=False)
-    pytest.skip(f"{what} unavailable: {reason}")
-    raise AssertionError("unreachable")
 
 
 def api_client_for(cp: ControlPlane, user: str | None = None) -> Any:
@@ -73,33 +67,27 @@ def control_plane_users() -> Mapping[str, Sequence[str]]:
 
 # The shared instance lives at module level, so that importing these fixtures in more than one
 # place (tests/conftest.py and a test module) still starts ONE control plane per session.
-_shared: ControlPlane | None = None
-_refs = 0
+_shared: SessionShared[ControlPlane] = SessionShared()
 
 
 @pytest.fixture(scope="session")
 def control_plane(control_plane_users: Mapping[str, Sequence[str]]) -> Iterator[ControlPlane]:
     """The session's running control plane (kubeconfig_path, server_url, admin_token, ...)."""
-    global _shared, _refs
-    if _shared is None:
+
+    def start() -> ControlPlane:
         try:
             cp = ControlPlane()
             for user, groups in control_plane_users.items():
                 cp.add_static_token(user, groups=groups)
             cp.start()
         except ControlPlaneUnavailable as e:
-            _unavailable("kube-apiserver/etcd", e.reason)
+            unavailable("kube-apiserver/etcd", e.reason, REQUIRE_ENV)
         except ControlPlaneError as e:
             pytest.fail(f"control plane failed to start: {e}", pytrace=False)
-        _shared = cp
-    _refs += 1
-    try:
-        yield _shared
-    finally:
-        _refs -= 1
-        if _refs == 0 and _shared is not None:
-            _shared.stop()
-            _shared = None
+        return cp
+
+    with _shared.use(start, ControlPlane.stop) as cp:
+        yield cp
 
 
 @pytest.fixture
@@ -122,7 +110,7 @@ def make_control_plane() -> Iterator[Callable[..., ControlPlane]]:
         try:
             cp = ControlPlane(**kwargs)
         except ControlPlaneUnavailable as e:
-            _unavailable("kube-apiserver/etcd", e.reason)
+            unavailable("kube-apiserver/etcd", e.reason, REQUIRE_ENV)
         for user, groups in (users or {}).items():
             cp.add_static_token(user, groups=groups)
         made.append(cp)
@@ -141,7 +129,7 @@ def netns_host() -> Iterator[NetNamespace]:
     try:
         ns = NetNamespace(addresses=2).open()
     except NetnsUnavailable as e:
-        _unavailable("network namespace", e.reason)
+        unavailable("network namespace", e.reason, REQUIRE_ENV)
     try:
         yield ns
     finally:

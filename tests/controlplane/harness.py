@@ -159,6 +159,21 @@ def _spawn(argv: Sequence[str], log: IO[bytes], env: dict[str, str]) -> subproce
     return _LAUNCHER.submit(popen).result(timeout=30)
 
 
+def stop_process(p: subprocess.Popen[bytes] | None, timeout_s: float, graceful: bool = True, *,
+                 log: IO[bytes] | None = None) -> None:
+    """SIGTERM (SIGKILL if not ``graceful``) a child still running, wait up to ``timeout_s``, then SIGKILL and
+    wait up to 10 s more; a child that has exited is only reaped. Then close ``log``, the file it wrote to."""
+    if p is not None and p.poll() is None:
+        p.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+    if log is not None:
+        log.close()
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         data = path.read_bytes()[-20000:].decode("utf-8", "replace").splitlines()
@@ -202,17 +217,8 @@ class _Proc:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S, graceful: bool = True) -> None:
         """SIGTERM (unless not graceful), wait up to ``timeout_s``, then SIGKILL; always reaps."""
-        p = self.popen
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        stop_process(self.popen, timeout_s, graceful, log=self._log)
+        self._log = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -56,13 +55,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import pytest
 import yaml
 
 from tests.controlplane.harness import _spawn as spawn  # one launcher thread for every test child process
-from tests.controlplane.harness import free_port
+from tests.controlplane.harness import free_port, stop_process
+from tests.helpers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RULES_DIR = ROOT / "alerts" / "rules"
@@ -410,16 +410,8 @@ class Prometheus(PrometheusApi):
     def _terminate(self) -> None:
         """SIGTERM by PID, wait up to STOP_TIMEOUT_S, then SIGKILL; always reaps and closes the log."""
         p, self._popen = self._popen, None
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(STOP_TIMEOUT_S)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        stop_process(p, STOP_TIMEOUT_S, log=self._log)
+        self._log = None
 
     def stop(self) -> None:
         """Stop the process and remove its directory (the last log lines stay in ``log_tail()``)."""
@@ -451,14 +443,6 @@ class Prometheus(PrometheusApi):
             raise PrometheusError(f"{e}; targets: {errors}") from e
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip (or, with AWE_REQUIRE_PROMTOOL=1, fail) a test that needs Prometheus."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"prometheus unavailable but {REQUIRE_ENV}=1: {reason}", pytrace=False)
-    pytest.skip(f"prometheus unavailable: {reason}")
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture
 def make_prometheus() -> Iterator[Callable[..., Prometheus]]:
     """Factory for started ``Prometheus`` servers (kwargs go to ``Prometheus``), all stopped after the test.
@@ -469,7 +453,7 @@ def make_prometheus() -> Iterator[Callable[..., Prometheus]]:
     try:
         find_prometheus()
     except PrometheusUnavailable as e:
-        unavailable(e.reason)
+        unavailable("prometheus", e.reason, REQUIRE_ENV)
     started: list[Prometheus] = []
 
     def make(**kwargs: Any) -> Prometheus:

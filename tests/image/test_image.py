@@ -18,7 +18,7 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,22 @@ def _metrics(port: int) -> str:
     return body.decode()
 
 
+async def metrics_when(images: Images, container: str, port: int, ready: Callable[[str], bool], what: str) -> str:
+    """/metrics of the exporter in ``container`` once ``ready(text)`` holds (polled every 0.2 s, at most 60 s);
+    past that the test fails with ``what`` and the end of the container's log."""
+    deadline, text = time.monotonic() + 60, ""
+    while not ready(text):
+        if time.monotonic() > deadline:
+            logs = (await asyncio.to_thread(images.podman, "logs", container, check=False)).stderr
+            pytest.fail(f"{what} within 60 s; container log:\n{logs[-3000:]}")
+        await asyncio.sleep(0.2)
+        try:
+            text = await asyncio.to_thread(_metrics, port)
+        except OSError:
+            continue
+    return text
+
+
 async def test_serve_probes_and_answers_metrics(images: Images, servers: Servers, containers: list[str],
                                                 tmp_path: Path) -> None:
     """`serve --manifests` in the image, locked down as the chart runs it, probes a real TLS backend on loopback
@@ -154,17 +170,9 @@ async def test_serve_probes_and_answers_metrics(images: Images, servers: Servers
         images.podman, "run", "--detach", "--name", name, "--network", "host", "--read-only", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--volume", f"{manifests}:/manifests:ro", images.image,
         "serve", "--manifests", "/manifests", "--listen-address", f"127.0.0.1:{port}", "--probe-interval", "1")
-    deadline = time.monotonic() + 60
-    body = ""
-    while 'admission_webhook_probe_success{' not in body or backend.requests == 0:
-        if time.monotonic() > deadline:
-            logs = (await asyncio.to_thread(images.podman, "logs", name, check=False)).stderr
-            pytest.fail(f"no probe result on /metrics within 60 s; container log:\n{logs[-3000:]}")
-        await asyncio.sleep(0.2)
-        try:
-            body = await asyncio.to_thread(_metrics, port)
-        except OSError:
-            continue
+    body = await metrics_when(images, name, port,
+                              lambda text: "admission_webhook_probe_success{" in text and backend.requests != 0,
+                              "no probe result on /metrics")
     success = [line for line in body.splitlines() if line.startswith("admission_webhook_probe_success{")]
     assert any('name="probe.image.test"' in line and line.endswith(" 1.0") for line in success), success
     pid = (await asyncio.to_thread(images.podman, "inspect", "--format", "{{.State.Pid}}", name)).stdout.strip()
@@ -231,15 +239,9 @@ async def test_serve_in_cluster_without_the_kubernetes_package(images: Images, c
             "--volume", f"{sa}:/var/run/secrets/kubernetes.io/serviceaccount:ro", images.image,
             "serve", "--listen-address", f"127.0.0.1:{port}", "--probe-interval", "1")
         want = f'admission_webhook_probe_success{{configuration="{name}",name="{name}.image.test"'
-        deadline, text = time.monotonic() + 60, ""
-        while not any(line.startswith(want) and line.endswith(" 1.0") for line in text.splitlines()):
-            if time.monotonic() > deadline:
-                logs = (await asyncio.to_thread(images.podman, "logs", container, check=False)).stderr
-                pytest.fail(f"{name} not probed healthy within 60 s; container log:\n{logs[-3000:]}")
-            await asyncio.sleep(0.2)
-            try:
-                text = await asyncio.to_thread(_metrics, port)
-            except OSError:
-                continue
+        await metrics_when(images, container, port,
+                           lambda text: any(line.startswith(want) and line.endswith(" 1.0")
+                                            for line in text.splitlines()),
+                           f"{name} not probed healthy")
     finally:
         await asyncio.to_thread(control_plane.request, f"{path}/{name}", "DELETE")

@@ -16,25 +16,18 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from tests.chart import require_helm
+from tests.helpers import unavailable
 from tests.monitoring.build import REQUIRE_ENV, MonitoringBuild, MonitoringUnavailable
 
-__all__ = ["CHART", "Helm", "HelmResult", "helm_bin", "monitoring_build", "unavailable"]
+__all__ = ["CHART", "Helm", "HelmResult", "helm_bin", "monitoring_build"]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CHART = REPO / "deploy" / "helm" / "admission-webhook-exporter"
 HELM_TIMEOUT_S = 300  # one helm install/upgrade/uninstall, --wait included
-
-
-def unavailable(what: str, reason: str, require_env: str = REQUIRE_ENV) -> NoReturn:
-    if os.environ.get(require_env) == "1":
-        pytest.fail(f"{what} unavailable but {require_env}=1: {reason}", pytrace=False)
-    pytest.skip(f"{what} unavailable: {reason}")
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +35,7 @@ def monitoring_build() -> MonitoringBuild:
     try:
         return MonitoringBuild.load()
     except MonitoringUnavailable as e:
-        unavailable("prometheus-operator build", e.reason)
+        unavailable("prometheus-operator build", e.reason, REQUIRE_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import base64
 import contextlib
 import gzip
 import os
-import signal
 import string
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from typing import IO, Any
 import yaml
 
 from tests.controlplane.harness import _spawn as spawn
+from tests.controlplane.harness import stop_process
 from tests.e2e.prometheus import PrometheusApi
 from tests.monitoring.build import MonitoringBuild
 
@@ -213,16 +213,8 @@ class Stack:
 
     def stop_operator_process(self) -> None:
         p, self._operator = self._operator, None
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(STOP_TIMEOUT_S)
-        if self._operator_log is not None:
-            self._operator_log.close()
-            self._operator_log = None
+        stop_process(p, STOP_TIMEOUT_S, log=self._operator_log)
+        self._operator_log = None
 
     def close(self) -> None:
         self.uninstall()

@@ -28,10 +28,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.controlplane.fixtures import REQUIRE_ENV as CONTROL_PLANE_REQUIRE_ENV
 from tests.controlplane.fixtures import api_client_for
 from tests.controlplane.harness import ControlPlane, ControlPlaneUnavailable
+from tests.helpers import unavailable
 from tests.monitoring.build import MonitoringBuild
-from tests.monitoring.fixtures import Helm, helm_bin, monitoring_build, unavailable
+from tests.monitoring.fixtures import Helm, helm_bin, monitoring_build
 from tests.monitoring.kps import NAMESPACE, RELEASE, Stack, eventually
 
 __all__ = ["helm_bin", "monitoring_build"]  # fixtures used by this module
@@ -46,7 +48,7 @@ def operator_stack(monitoring_build: MonitoringBuild) -> Iterator[tuple[ControlP
     try:
         cp = ControlPlane().start()
     except ControlPlaneUnavailable as e:
-        unavailable("kube-apiserver/etcd", e.reason, "AWE_REQUIRE_CONTROL_PLANE")
+        unavailable("kube-apiserver/etcd", e.reason, CONTROL_PLANE_REQUIRE_ENV)
     api = api_client_for(cp)
     stack = Stack(api, monitoring_build, in_cluster=False, kubeconfig=cp.kubeconfig_path)
     try:

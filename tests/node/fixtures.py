@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+
+from tests.helpers import SessionShared, unavailable
 
 from .harness import LOCK_TIMEOUT_S, NodeCluster, NodeError, NodeUnavailable, images_dir
 
@@ -30,15 +30,7 @@ NODE_REQUIRE_ENV = "AWE_REQUIRE_NODE"
 NODE_TEST_TIMEOUT = pytest.mark.timeout(LOCK_TIMEOUT_S + 900)
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get(NODE_REQUIRE_ENV) == "1":
-        pytest.fail(f"test node unavailable but {NODE_REQUIRE_ENV}=1: {reason}", pytrace=False)
-    pytest.skip(f"test node unavailable: {reason}")
-    raise AssertionError("unreachable")
-
-
-_shared: NodeCluster | None = None
-_refs = 0
+_shared: SessionShared[NodeCluster] = SessionShared()
 _loaded: dict[str, list[str]] = {}
 #: start/stop figures of every node this session ran (printed by tests/node/conftest.py's summary hook)
 TIMINGS: list[dict[str, float]] = []
@@ -46,32 +38,31 @@ TIMINGS: list[dict[str, float]] = []
 
 def shared_node() -> NodeCluster | None:
     """The session's node if it has started (tests/node/test_host.py must run before)."""
-    return _shared
+    return _shared.instance
+
+
+def _start_node() -> NodeCluster:
+    try:
+        node = NodeCluster()
+        node.start()
+    except NodeUnavailable as e:
+        unavailable("test node", e.reason, NODE_REQUIRE_ENV)
+    except NodeError as e:
+        pytest.fail(f"test node failed to start: {e}", pytrace=False)
+    _loaded.clear()
+    return node
+
+
+def _stop_node(node: NodeCluster) -> None:
+    node.stop()
+    TIMINGS.append(dict(node.timings))
 
 
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[NodeCluster]:
     """The session's running node (``kubectl()``, ``load_image()``, ``service_get()``, ``cp``, ...)."""
-    global _shared, _refs
-    if _shared is None:
-        try:
-            node = NodeCluster()
-            node.start()
-        except NodeUnavailable as e:
-            _unavailable(e.reason)
-        except NodeError as e:
-            pytest.fail(f"test node failed to start: {e}", pytrace=False)
-        _shared = node
-        _loaded.clear()
-    _refs += 1
-    try:
-        yield _shared
-    finally:
-        _refs -= 1
-        if _refs == 0 and _shared is not None:
-            _shared.stop()
-            TIMINGS.append(dict(_shared.timings))
-            _shared = None
+    with _shared.use(_start_node, _stop_node) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +76,7 @@ def node_image(node_cluster: NodeCluster) -> Callable[[str], list[str]]:
             try:
                 _loaded[name] = node_cluster.load_image(archive)
             except NodeUnavailable as e:
-                _unavailable(e.reason)
+                unavailable("test node", e.reason, NODE_REQUIRE_ENV)
         return _loaded[name]
 
     return load
