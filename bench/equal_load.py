@@ -42,6 +42,7 @@ from typing import Any
 from bench.nginx import NginxBackends, free_ports
 from bench.probe_cost import BLACKBOX, blackbox_config, cpu_seconds, inventory_for, plans_for, raise_fd_limit
 from exporter.probe import admission_review
+from tests.controlplane.harness import stop_process
 
 PROBES = re.compile(r'^admission_webhook_exporter_probes_total\{result="(\w+)"\} ([\d.e+]+)$', re.M)
 
@@ -95,13 +96,7 @@ class Serve:
         return counts.get("success", 0) + counts.get("failure", 0), counts.get("failure", 0)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 def write_manifest(folder: Path, spec: dict[str, Any]) -> Path:
@@ -137,13 +132,7 @@ class Blackbox:
         return self.proc.pid
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 def _failure_summary(text: str) -> str:
