@@ -26,7 +26,7 @@ from .audit import Finding, audit
 from .canary import Canary
 from .collector import ExporterCollector, Scrape
 from .discovery import Discovery
-from .exposition import EOF, render_text
+from .exposition import EOF
 from .kubeapi import small_tls_read_buffers
 from .model import Inventory
 from .probe import probe
@@ -97,7 +97,7 @@ class Exporter:
         self.canary = canary  # opt-in: dry-run creates through the apiserver (exporter.canary)
         self.registry = CollectorRegistry(auto_describe=False)  # never the global registry
         self.registry.register(self.collector)
-        self._also_exposed: list[WebSecurity] = []  # registered after ours, rendered after ours
+        self.security: WebSecurity | None = None  # serve's --web.config.file: its reloads are on /metrics too
         self.server: MetricsServer | None = None
         self._audit_interval = audit_interval
         self._clock = clock
@@ -149,7 +149,8 @@ class Exporter:
         """What a scrape formats: each source read once (called on the scrape's worker thread)."""
         return Scrape(snapshot=self.state.snapshot, results=self.results.snapshot(), probes=self.scheduler.counts(),
                       watches=self.discovery.status() if self.discovery is not None else None,
-                      canary=self.canary.status() if self.canary is not None else None)
+                      canary=self.canary.status() if self.canary is not None else None,
+                      web_config=self.security.status() if self.security is not None else None)
 
     async def start(self) -> None:
         """Start following the live discovery, if there is one."""
@@ -163,19 +164,14 @@ class Exporter:
     async def serve(self, host: str = "", port: int = 0, *, security: WebSecurity | None = None,
                     health_host: str = "", health_port: int | None = None) -> int:
         """Serve /metrics; `security` (a --web.config.file) adds TLS and authentication, and its reload metrics."""
-        if security is not None:
-            self.registry.register(security)
-            self._also_exposed.append(security)
+        self.security = security
         self.server = MetricsServer(self.registry, ready=self.ready, host=host, port=port, security=security,
                                     health_host=health_host, health_port=health_port, text=self.text)
         return await self.server.start()
 
     def text(self, openmetrics: bool = False) -> bytes:
-        """The registry's exposition (text format, or OpenMetrics): the collector's text kept ready, then the
-        other collectors' families rendered."""
-        return b"".join([self.collector.text(openmetrics=openmetrics),
-                         *(render_text(c.collect(), openmetrics=openmetrics).encode() for c in self._also_exposed),
-                         EOF.encode() if openmetrics else b""])
+        """The registry's exposition (text format, or OpenMetrics): the collector's text kept ready."""
+        return self.collector.text(openmetrics=openmetrics) + (EOF.encode() if openmetrics else b"")
 
     async def close(self) -> None:
         if self.server is not None:

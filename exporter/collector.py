@@ -35,6 +35,7 @@ from .reasons import Reason
 from .scheduler import ProbeCounts
 from .state import Snapshot
 from .targets import TargetKey, WebhookPlan
+from .webconfig import WebConfigStatus
 
 WEBHOOK_LABELS = ["configuration", "name", "type"]
 ENDPOINT_LABELS = [*WEBHOOK_LABELS, "endpoint"]
@@ -52,6 +53,7 @@ class Scrape:
     probes: ProbeCounts
     watches: WatchStatus | None = None
     canary: CanaryStatus | None = None  # None unless the canary is enabled
+    web_config: WebConfigStatus | None = None  # None unless serve has a --web.config.file
 
 
 def _webhook_labels(key: WebhookKey) -> list[str]:
@@ -96,6 +98,8 @@ class ExporterCollector(Collector):
             yield from watch_families(scrape.watches)
         if scrape.canary is not None:
             yield from canary_families(snapshot, scrape.canary)
+        if scrape.web_config is not None:
+            yield from web_config_families(scrape.web_config)
 
     # -- the text rendering ----------------------------------------------------------------------------------
     def prepare(self, plans: tuple[WebhookPlan, ...], results: Mapping[TargetKey, ProbeResult]) -> None:
@@ -136,6 +140,8 @@ class ExporterCollector(Collector):
             parts.append(render_text(watch_families(scrape.watches), openmetrics=openmetrics).encode())
         if scrape.canary is not None:  # one sample per webhook, its verdicts change as the canary goes round
             parts.append(render_text(canary_families(snapshot, scrape.canary), openmetrics=openmetrics).encode())
+        if scrape.web_config is not None:
+            parts.append(render_text(web_config_families(scrape.web_config), openmetrics=openmetrics).encode())
         return b"".join(parts)
 
 
@@ -429,3 +435,13 @@ def canary_families(snapshot: Snapshot, canary: CanaryStatus) -> Iterator[Metric
     for outcome in OUTCOMES:
         requests.add_metric([outcome], canary.requests.get(outcome, 0))
     yield requests
+
+
+def web_config_families(status: WebConfigStatus) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "admission_webhook_exporter_web_config_last_reload_successful",
+        "1 when the last change of the --web.config.file (or a file it names) loaded; 0 while the last good "
+        "configuration is kept because a change did not load", value=1 if status.last_reload_successful else 0)
+    yield GaugeMetricFamily(
+        "admission_webhook_exporter_web_config_last_reload_success_timestamp_seconds",
+        "When the web configuration in force was loaded", value=status.last_success_s)

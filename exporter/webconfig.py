@@ -47,7 +47,7 @@ import secrets
 import ssl
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,6 @@ import yaml
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from .log import event
 
@@ -601,7 +599,15 @@ def load(path: Path, now: float = 0.0) -> Active:
 
 
 # --------------------------------------------------------------------------------------------- #
-# the configuration in force: reloads, the TLS context, the request guard, its metrics
+# the configuration in force: reloads, the TLS context, the request guard, the status /metrics shows
+
+
+@dataclass(frozen=True)
+class WebConfigStatus:
+    """What /metrics says of the web configuration: did the last change load, and when the one in force did."""
+
+    last_reload_successful: bool
+    last_success_s: float
 
 
 def _client_sans(der: bytes) -> set[str]:
@@ -648,8 +654,8 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
         return False
 
 
-class WebSecurity(Collector):
-    """The web configuration in force for one listener: reloads, the TLS context, the request guard, its metrics.
+class WebSecurity:
+    """The web configuration in force for one listener: reloads, the TLS context, the request guard, its status.
 
     Construct it at start-up: a bad file raises WebConfigError (the CLI prints it and exits 2). `install(app)`
     puts the guard on an aiohttp application; `ssl_context` is what its socket listens with (None: plain HTTP).
@@ -794,13 +800,7 @@ class WebSecurity(Collector):
             del self._auth_cache[next(iter(self._auth_cache))]
         return True
 
-    # ---- metrics ----
+    # ---- metrics (formatted by exporter.collector) ----
 
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "admission_webhook_exporter_web_config_last_reload_successful",
-            "1 when the last change of the --web.config.file (or a file it names) loaded; 0 while the last good "
-            "configuration is kept because a change did not load", value=1 if self.last_reload_successful else 0)
-        yield GaugeMetricFamily(
-            "admission_webhook_exporter_web_config_last_reload_success_timestamp_seconds",
-            "When the web configuration in force was loaded", value=self.last_success_s)
+    def status(self) -> WebConfigStatus:
+        return WebConfigStatus(self.last_reload_successful, self.last_success_s)

@@ -31,7 +31,7 @@ def collected_metrics(empty_web_config: Path) -> set[str]:
     names = set()
     canary = Canary(discovery.api, CanaryConfig(namespace="canary"))  # opt-in: its families only when enabled
     exporter = Exporter(discovery=discovery, canary=canary)
-    exporter.registry.register(WebSecurity(empty_web_config))  # what `serve --web.config.file` adds
+    exporter.security = WebSecurity(empty_web_config)  # what `serve --web.config.file` adds
     for family in exporter.registry.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     return names
