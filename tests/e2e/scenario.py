@@ -39,11 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +57,7 @@ from exporter.canary import Canary, CanaryConfig
 from exporter.discovery import Discovery
 from exporter.kubeapi import KubeApi, load_credentials
 from exporter.pki import CertificateAuthority
+from exporter.webconfig import WebSecurity
 from tests import factories as f
 from tests.conftest import Servers
 from tests.kube import Kube
@@ -208,6 +212,10 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
         by_conf.setdefault(conf, []).append(hook)
     created: list[str] = []
     exporter: Exporter | None = None
+    # `serve --web.config.file` with a file that asks for nothing: plain HTTP still, and the web configuration's
+    # reload families on /metrics (its runbook's queries have data)
+    web_dir = Path(tempfile.mkdtemp(prefix="awe-e2e-web-"))
+    (web_dir / "web.yml").write_text("")
     try:
         for conf, webhooks in by_conf.items():
             await kube.call(kube.admission.create_validating_webhook_configuration, f.configuration(conf, *webhooks))
@@ -216,7 +224,7 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
         canary = Canary(discovery.api, CanaryConfig(namespace=namespace, interval=PROBE_INTERVAL_S))
         exporter = Exporter(interval=PROBE_INTERVAL_S, discovery=discovery, canary=canary)
         await exporter.start()
-        port = await exporter.serve("127.0.0.1", 0)
+        port = await exporter.serve("127.0.0.1", 0, security=WebSecurity(web_dir / "web.yml"))
         running = Scenario(namespace=namespace, hooks=hooks, configurations=created, exporter=exporter,
                            exporter_port=port, kube=kube)
         await asyncio.wait_for(discovery.wait_synced(), 15)
@@ -225,6 +233,7 @@ async def _running(kube: Kube, control_plane: Any, namespace: str, ca: Certifica
     finally:
         if exporter is not None:
             await exporter.close()
+        shutil.rmtree(web_dir, ignore_errors=True)
         for conf in created:
             with contextlib.suppress(Exception):
                 await kube.call(kube.admission.delete_validating_webhook_configuration, conf)
