@@ -257,8 +257,10 @@ def test_policy_engine_deadlock_replayed(node_cluster: NodeCluster, exporter: st
         # Before anything breaks, the audit names the risk (CLI and the running exporter's metric).
         own = "fail_policy_matches_own_backend"
         (finding,) = [f for f in audit(node) if f["configuration"] == name and f["id"] == own]
-        risk = value(chart.scrape(node), "admission_webhook_risk_info", risk=own, **hook)
-        assert risk == 1
+        # The running exporter audits in the background, at most once a minute (the audit throttle): bounded
+        # generously, as in the survival test below.
+        eventually(lambda: value(chart.scrape(node), "admission_webhook_risk_info", risk=own, **hook) == 1,
+                   timeout_s=150, what=f"the exporter in its Pod reports {own} for {name}")
 
         # The deadlock: the ReplicaSet cannot recreate the backend.
         t0 = time.monotonic()
