@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.discovery_cost import Api, fetch, requests_of, rss_mib
+from bench.discovery_cost import Api, end_child, fetch, requests_of, rss_mib
 
 HOOKS_PER_CONFIG = 4
 BACKENDS = 4
@@ -150,13 +150,7 @@ async def phase(cp: Any, canary_on: bool, args: argparse.Namespace) -> dict[str,
             "apiserver_rss": rss_mib(pids["kube-apiserver"]),
         }
     finally:
-        if worker.stdin:
-            worker.stdin.close()
-        try:
-            await asyncio.wait_for(worker.wait(), 30)
-        except TimeoutError:
-            worker.kill()
-            await worker.wait()
+        await end_child(worker)
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -182,13 +176,7 @@ async def measure(args: argparse.Namespace) -> None:
         off = await phase(cp, False, args)
         on = await phase(cp, True, args)
     finally:
-        if backends.stdin:
-            backends.stdin.close()
-        try:
-            await asyncio.wait_for(backends.wait(), 30)
-        except TimeoutError:
-            backends.kill()
-            await backends.wait()
+        await end_child(backends)
         cp.stop()
     rows = [
         ("canary requests/s (exporter's count)", f"{on['creates_per_s']:.1f}",

@@ -262,14 +262,19 @@ async def measure(args: argparse.Namespace) -> None:
             print(f"   {name:<{width}}  {value:<40} {note}")
     finally:
         if worker is not None:
-            if worker.stdin:
-                worker.stdin.close()
-            try:
-                await asyncio.wait_for(worker.wait(), 30)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
+            await end_child(worker)
         cp.stop()
+
+
+async def end_child(proc: asyncio.subprocess.Process) -> None:
+    """A child that stops when its stdin closes: close it, wait up to 30 s, then kill."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def p90(values: list[float]) -> float:

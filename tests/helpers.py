@@ -82,6 +82,21 @@ async def eventually(predicate: Callable[[], bool], within: float, what: str = "
     return time.monotonic() - started
 
 
+def poll(predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.5,
+         describe: Callable[[], str] | None = None, error: type[Exception] = AssertionError) -> Any:
+    """The blocking twin of `eventually`: poll until `predicate()` returns something truthy (returned); after
+    `timeout_s`, raise `error` naming `what` (and `describe()`, what was seen)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = f"; {describe()}" if describe else ""
+            raise error(f"not within {timeout_s:g}s: {what}{seen}")
+        time.sleep(every_s)
+
+
 class ManualClock:
     """Time that moves only when the test calls `advance()`; `sleep()` returns once its deadline has passed.
 

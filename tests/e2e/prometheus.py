@@ -62,7 +62,7 @@ import yaml
 
 from tests.controlplane.harness import _spawn as spawn  # one launcher thread for every test child process
 from tests.controlplane.harness import free_port, stop_process
-from tests.helpers import unavailable
+from tests.helpers import poll, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RULES_DIR = ROOT / "alerts" / "rules"
@@ -242,14 +242,7 @@ class PrometheusApi:
 
     def wait_for(self, predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
         """Poll ``predicate`` until it returns something truthy (returned); PrometheusError after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"not within {timeout_s:g}s: {what}")
-            time.sleep(every_s)
+        return poll(predicate, timeout_s=timeout_s, what=what, every_s=every_s, error=PrometheusError)
 
 
 class Prometheus(PrometheusApi):

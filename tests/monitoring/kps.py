@@ -24,7 +24,6 @@ import os
 import string
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import yaml
 from tests.controlplane.harness import _spawn as spawn
 from tests.controlplane.harness import stop_process
 from tests.e2e.prometheus import PrometheusApi
+from tests.helpers import poll
 from tests.monitoring.build import MonitoringBuild
 
 HERE = Path(__file__).resolve().parent
@@ -77,15 +77,7 @@ def render(build: MonitoringBuild, receiver_url: str) -> list[dict[str, Any]]:
 def eventually(predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.5,
                describe: Callable[[], str] | None = None) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); StackError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = f"; {describe()}" if describe else ""
-            raise StackError(f"not within {timeout_s:g}s: {what}{seen}")
-        time.sleep(every_s)
+    return poll(predicate, timeout_s=timeout_s, what=what, every_s=every_s, describe=describe, error=StackError)
 
 
 @dataclass(frozen=True)
